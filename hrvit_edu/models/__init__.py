@@ -1,0 +1,1 @@
+"""One module per paper; each registers its variants with :mod:`hrvit_edu.registry`."""

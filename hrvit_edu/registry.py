@@ -1,0 +1,67 @@
+"""The one model registry of the book.
+
+Each model module decorates a factory ``fn(num_classes, in_chans, **overrides) -> nn.Module``
+with :func:`register_model`.  ``num_classes=0`` asks for the backbone alone (no head).
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import Callable
+
+import torch.nn as nn
+
+# Modules that register models, imported lazily on first lookup (in book order).
+_MODEL_MODULES = ("hrvit_edu.models.baseline",)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    factory: Callable[..., nn.Module]
+    paper: str
+    description: str
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register_model(name: str, *, paper: str, description: str = ""):
+    """Decorator: add a factory under ``name`` (names are unique; re-registering is an error)."""
+    def wrap(fn):
+        if name in _REGISTRY and _REGISTRY[name].factory.__qualname__ != fn.__qualname__:
+            raise ValueError(f"model name {name!r} is already registered")
+        _REGISTRY[name] = ModelEntry(name, fn, paper, description or (fn.__doc__ or "").strip().split("\n")[0])
+        return fn
+    return wrap
+
+
+def _load_all() -> None:
+    for mod in _MODEL_MODULES:
+        importlib.import_module(mod)
+
+
+def list_models(paper: str | None = None) -> list[str]:
+    """Registered names in registration (= book) order, optionally only one paper's."""
+    _load_all()
+    return [n for n, e in _REGISTRY.items() if paper is None or e.paper == paper]
+
+
+def model_info(name: str) -> ModelEntry:
+    _load_all()
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown model {name!r}; known models: {', '.join(_REGISTRY)}")
+    return _REGISTRY[name]
+
+
+def create_model(name: str, num_classes: int = 11, in_chans: int = 1, **overrides) -> nn.Module:
+    """Build a registered model.  ``num_classes=0`` gives the backbone without a head.
+
+    DigitScenes defaults: 11 classes (ten digits + background), 1 input channel.
+    """
+    entry = model_info(name)
+    if num_classes < 0:
+        raise ValueError(f"num_classes must be >= 0, got {num_classes}")
+    model = entry.factory(num_classes=num_classes, in_chans=in_chans, **overrides)
+    model.registry_name = name
+    return model

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Set up (if needed) and run every test: unit tests, then every chapter and exercise notebook
+# under strict nbval.  This is the command CI runs (.ci/run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export TQDM_DISABLE=1 PYTHONHASHSEED=0
+notebooks=$(ls chapters/*.ipynb exercises/*.ipynb exercises/solutions/*.ipynb 2>/dev/null || true)
+.venv/bin/python -m pytest tests $notebooks \
+  --nbval --nbval-current-env --nbval-sanitize-with nbval_sanitize.cfg \
+  --nbval-cell-timeout=900 -p no:cacheprovider -q "$@"

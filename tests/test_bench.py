@@ -1,0 +1,60 @@
+import json
+
+import pytest
+import torch
+
+from hrvit_edu.bench import (BenchRecord, benchmark, count_flops, load_records, peak_memory,
+                             records_table, roofline, save_records, sweep, time_fn)
+
+
+def test_time_fn_quantiles_are_ordered():
+    x = torch.randn(64, 64)
+    med, p20, p80, n = time_fn(lambda: x @ x, min_run_time=0.05)
+    assert 0 < p20 <= med <= p80 and n >= 2
+
+
+def test_count_flops_matmul():
+    a, b = torch.randn(8, 16), torch.randn(16, 4)
+    assert count_flops(lambda: a @ b) == 2 * 8 * 16 * 4
+
+
+def test_peak_memory_counts_live_intermediates():
+    x = torch.randn(256, 256)
+    one = 256 * 256 * 4
+    assert peak_memory(lambda: torch.empty(1000)) == 4000
+    assert peak_memory(lambda: (x @ x).relu()) == 2 * one       # both alive at the relu
+    def chain():
+        for _ in range(3):
+            y = x * 2
+            del y
+    assert peak_memory(chain) == one                                # freed before the next
+
+
+def test_roofline():
+    r = roofline(flops=1e12, bytes=1e10, seconds=0.01, peak_flops=1e15, peak_bw=1e12)
+    assert r["intensity"] == 100 and r["bound"] == "memory"
+    assert r["attainable_flops"] == pytest.approx(1e14)
+    assert r["fraction"] == pytest.approx(1.0)
+
+
+def test_records_roundtrip_and_table(tmp_path):
+    x = torch.randn(32, 32)
+    recs = sweep("mm", lambda n: (lambda: x[:n, :n] @ x[:n, :n]), [8, 16], key="n",
+                 shape="n x n", dtype=x.dtype, min_run_time=0.02)
+    assert [r.extra["n"] for r in recs] == [8, 16]
+    assert recs[1].flops == 2 * 16 ** 3 and recs[0].env["torch"] == torch.__version__
+    assert recs[0].env["threads"] == torch.get_num_threads() and recs[0].env["device"]
+    assert load_records(save_records(recs, tmp_path / "r.json")) == recs
+    text = (save_records(recs, tmp_path / "r.csv")).read_text()
+    assert "env.device" in text.splitlines()[0] and len(text.splitlines()) == 3
+    table = records_table(recs, columns=("name", "n", "median_ms"))
+    assert table.splitlines()[0].split() == ["name", "n", "median_ms"]
+    with pytest.raises(ValueError, match="json or .csv"):
+        save_records(recs, tmp_path / "r.txt")
+
+
+def test_benchmark_record_fields():
+    r = benchmark("add", lambda: torch.ones(10) + 1, shape=(10,), dtype=torch.float32,
+                  bytes=80, min_run_time=0.02)
+    assert isinstance(r, BenchRecord) and r.dtype == "float32" and r.gbps > 0
+    json.dumps(r.__dict__)

@@ -1,0 +1,39 @@
+"""Regenerate the stored outputs of every notebook, in the environment CI validates them in.
+
+    python tools/regen_notebooks.py                 # chapters/, exercises/, exercises/solutions/
+    python tools/regen_notebooks.py chapters/00_preface.ipynb
+
+Runs each notebook in a fresh kernel of this Python with the book's execution environment
+(TQDM_DISABLE, PYTHONHASHSEED, default profile) and writes it back in place.  Run it on the
+CI machine type (2 CPU cores, no GPU): stored outputs must be what CI reproduces.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import nbformat
+
+from hrvit_edu.book import execute_notebook
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT = ["chapters/*.ipynb", "exercises/*.ipynb", "exercises/solutions/*.ipynb"]
+
+
+def main(argv: list[str]) -> int:
+    paths = [Path(a) for a in argv] or sorted(p for g in DEFAULT for p in ROOT.glob(g))
+    failed = 0
+    for path in paths:
+        print(f"regenerating {path} ...", flush=True)
+        nb, err = execute_notebook(path.resolve(), HRVIT_EDU_PROFILE="book")
+        if err:
+            print(f"  FAILED: {err}")
+            failed += 1
+            continue
+        nb.metadata.pop("widgets", None)
+        nbformat.write(nb, path)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -58,3 +58,22 @@ def test_benchmark_record_fields():
                   bytes=80, min_run_time=0.02)
     assert isinstance(r, BenchRecord) and r.dtype == "float32" and r.gbps > 0
     json.dumps(r.__dict__)
+
+
+def test_throughput_params_and_plot():
+    from hrvit_edu.bench import count_params, plot_sweep
+    import hrvit_edu
+    m = hrvit_edu.create_model("preface_convnet")
+    assert count_params(m) == sum(p.numel() for p in m.parameters())
+    lin = torch.nn.Linear(4, 4)
+    tied = torch.nn.Sequential(lin, lin)
+    assert count_params(tied) == 20
+    x = torch.randn(8, 1, 64, 64)
+    recs = sweep("convnet", lambda b: (lambda: m(x[:b])), [1, 2], key="batch", items=None,
+                 count=False, memory=False, min_run_time=0.02)
+    r = benchmark("convnet", lambda: m(x), items=8, count=False, memory=False, min_run_time=0.02)
+    assert r.throughput == pytest.approx(8 / (r.median_ms / 1e3))
+    fig = plot_sweep(recs, x="batch")
+    assert fig.axes[0].get_xlabel() == "batch"
+    import matplotlib.pyplot as plt
+    plt.close(fig)

@@ -36,3 +36,17 @@ def test_two_process_gloo_matches_single_process(tmp_path):
     for k, v in model.state_dict().items():
         torch.testing.assert_close(ddp["state"][k], v, atol=1e-4, rtol=1e-3, msg=k)
     assert abs(h.test["miou"] - ddp["test"]["miou"]) < 1e-3
+
+
+def test_torchrun_cli_two_processes(tmp_path):
+    """The documented multi-process entry point: torchrun -m hrvit_edu.train (gloo on CPU)."""
+    import subprocess
+    import sys
+    env = dict(os.environ, OMP_NUM_THREADS="1", TQDM_DISABLE="1")
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                        "--master_port", "29531", "-m", "hrvit_edu.train", "--model", "preface_convnet_gn",
+                        "--profile", "ci", "--steps", "4", "--checkpoint", str(tmp_path / "c.pt")],
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.count("test mIoU") == 1            # only rank 0 reports
+    assert (tmp_path / "c.pt").exists()

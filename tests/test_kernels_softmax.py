@@ -98,3 +98,17 @@ def test_interpreter_is_set_before_kernels_on_cpu():
         assert os.environ.get("TRITON_INTERPRET") == "1" and kernels.INTERPRET
         assert "interpreter" in kernels.describe()
         assert "no CUDA" in kernels.skip_reason()
+
+
+def test_without_triton_everything_falls_back_to_the_reference(monkeypatch):
+    """macOS/Windows: no Triton. The ops still run (reference path) and say why kernels skip."""
+    from hrvit_edu.kernels import _runtime
+    monkeypatch.setattr(_runtime, "HAS_TRITON", False)
+    assert not kernels.triton_usable(torch.zeros(1))
+    assert "not installed" in _runtime.describe() and "not installed" in _runtime.skip_reason()
+    with pytest.raises(RuntimeError, match="not installed"):
+        _runtime.set_backend("triton")
+    x = torch.randn(3, 7, requires_grad=True)
+    y = K.softmax(x)
+    torch.testing.assert_close(y, torch.softmax(x, -1))
+    y.sum().backward()

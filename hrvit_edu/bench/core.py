@@ -72,12 +72,18 @@ class BenchRecord:
     bytes: float | None = None      # compulsory traffic per call (a model, not a measurement)
     peak_mem_bytes: float | None = None
     params: int | None = None
+    items: int | None = None        # images (or tokens) processed per call, for throughput
     extra: dict = dataclasses.field(default_factory=dict)
     env: dict = dataclasses.field(default_factory=dict)
 
     @property
     def tflops(self) -> float | None:
         return None if self.flops is None else self.flops / (self.median_ms * 1e-3) / 1e12
+
+    @property
+    def throughput(self) -> float | None:
+        """Items per second at the median latency."""
+        return None if self.items is None else self.items / (self.median_ms * 1e-3)
 
     @property
     def gbps(self) -> float | None:
@@ -120,6 +126,16 @@ def _time_cuda_events(fn, warmup: int, reps: int = 50):
         times.append(a.elapsed_time(b))
     q = statistics.quantiles(sorted(times), n=5)
     return statistics.median(times), q[0], q[3], reps
+
+
+def count_params(model: torch.nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters (shared tensors counted once)."""
+    seen, n = set(), 0
+    for p in model.parameters():
+        if id(p) not in seen and (p.requires_grad or not trainable_only):
+            seen.add(id(p))
+            n += p.numel()
+    return n
 
 
 def count_flops(fn: Callable[[], object]) -> int:
@@ -182,14 +198,14 @@ def peak_memory(fn: Callable[[], object], device: str | torch.device = "cpu") ->
 def benchmark(name: str, fn: Callable[[], object], *, device: str | torch.device = "cpu",
               shape="", dtype="", flops: float | None = None, bytes: float | None = None,
               count: bool = True, memory: bool = True, params: int | None = None,
-              min_run_time: float = 0.5, **extra) -> BenchRecord:
+              items: int | None = None, min_run_time: float = 0.5, **extra) -> BenchRecord:
     """Time ``fn`` and (optionally) count its FLOPs and peak memory; return one record."""
     med, p20, p80, n = time_fn(fn, device, min_run_time)
     if flops is None and count:
         flops = count_flops(fn) or None
     mem = peak_memory(fn, device) if memory else None
     return BenchRecord(name, str(shape), str(dtype).replace("torch.", ""), med, p20, p80, n,
-                       flops, bytes, mem, params, extra, env_info(device))
+                       flops, bytes, mem, params, items, extra, env_info(device))
 
 
 def sweep(name: str, make_fn: Callable[[object], Callable[[], object]], values: Iterable,
@@ -252,3 +268,19 @@ def records_table(records: list[BenchRecord], columns=("name", "shape", "dtype",
     widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(columns)]
     line = lambda cells: "  ".join(s.ljust(w) for s, w in zip(cells, widths))
     return "\n".join([line(columns), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def plot_sweep(records: list[BenchRecord], x: str = "size", y: str = "median_ms",
+               logy: bool = True, title: str | None = None):
+    """One line per record name: ``y`` (a field or property) against ``extra[x]``.  Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 3))
+    for name in dict.fromkeys(r.name for r in records):
+        rs = [r for r in records if r.name == name]
+        ax.plot([r.extra[x] for r in rs], [getattr(r, y) for r in rs], marker="o", label=name)
+    ax.set(xlabel=x, ylabel=y, yscale="log" if logy else "linear")
+    ax.legend(fontsize=8)
+    ax.set_title(title or f"{records[0].env.get('device', '')}", fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -40,7 +40,10 @@ def main(argv=None) -> int:
     elif torch.cuda.is_available():
         device = "cuda"
     prof = get_profile(args.profile)
-    budget = prof.budget if args.steps is None else prof.budget.replace(steps=args.steps)
+    budget = prof.budget
+    if args.steps is not None:   # keep the warm-up the same fraction of the run
+        budget = budget.replace(steps=args.steps,
+                                warmup_steps=budget.warmup_steps * args.steps // budget.steps)
     seed_everything(args.seed)
     model = create_model(args.model)
     history = fit(model, digitscenes_bundle(prof.scenes), budget, device=device,

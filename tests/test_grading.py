@@ -1,0 +1,259 @@
+"""CI proof that grades mean something: solutions score 100%, stubs 0, wrong answers lose points."""
+import dataclasses
+import json
+import math
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from hrvit_edu.grading import (Check, CheckFailed, Question, check, get_question, grade_function,
+                               questions, run_question)
+from hrvit_edu.grading.assign import make_student, pairs, strip_solutions
+
+ROOT = Path(__file__).resolve().parents[1]
+MASTERS = sorted((ROOT / "exercises" / "solutions").glob("*.ipynb"))
+
+
+def _grade(path):
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "hrvit_edu.grading", str(path), "--json"],
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout), time.perf_counter() - t0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("master", MASTERS, ids=lambda p: p.name)
+def test_reference_solutions_score_full_marks(master):
+    report, _ = _grade(master)
+    assert report["max_score"] > 0 and len(report["questions"]) >= 3
+    assert report["score"] == report["max_score"], report
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("master", MASTERS, ids=lambda p: p.name)
+def test_stubs_score_zero_without_raising(master):
+    report, seconds = _grade(ROOT / "exercises" / master.name)
+    assert report["score"] == 0
+    for q in report["questions"]:          # --invert: no check passes on a stub
+        assert q["points"] == 0 and q["messages"] and q["messages"][0].startswith("not attempted yet")
+        assert set(q) >= {"id", "points", "max_points", "messages"}
+    assert seconds < 300
+
+
+def test_every_question_has_checks_worth_points():
+    qs = questions("preface")
+    assert len(qs) >= 3
+    for q in qs:
+        assert q.max_points >= 2 and all(c.points > 0 for c in q.checks)
+
+
+# ------------------------------------------------------------------ plausible wrong answers
+def _miou_pixel_acc(pred, target, k, ignore=255):
+    keep = target != ignore
+    return (pred[keep] == target[keep]).double().mean().item()
+
+
+def _miou_no_ignore(pred, target, k, ignore=255):
+    cm = torch.zeros(k, k)
+    for p, t in zip(pred.flatten().tolist(), target.flatten().tolist()):
+        cm[min(t, k - 1), p] += 1
+    tp = cm.diag()
+    union = cm.sum(0) + cm.sum(1) - tp
+    return (tp[union > 0] / union[union > 0]).mean().item()
+
+
+def _miou_absent_as_zero(pred, target, k, ignore=255):
+    keep = target != ignore
+    p, t = pred[keep], target[keep]
+    ious = []
+    for c in range(k):
+        inter = ((p == c) & (t == c)).sum().item()
+        union = ((p == c) | (t == c)).sum().item()
+        ious.append(inter / union if union else 0.0)
+    return sum(ious) / k
+
+
+def _lr_off_by_one(step, total, warmup, base, r):
+    if step < warmup:
+        return base * step / warmup
+    u = min(1.0, (step - warmup) / (total - warmup))
+    return base * (r + (1 - r) * 0.5 * (1 + math.cos(math.pi * u)))
+
+
+def _lr_no_floor(step, total, warmup, base, r):
+    if step < warmup:
+        return base * (step + 1) / warmup
+    u = (step - warmup) / (total - warmup)
+    return base * 0.5 * (1 + math.cos(math.pi * u))
+
+
+def _boxes_inclusive(mask):
+    out = {}
+    for c in torch.unique(mask).tolist():
+        if c in (10, 255):
+            continue
+        ys, xs = torch.nonzero(mask == c, as_tuple=True)
+        out[c] = (ys.min().item(), xs.min().item(), ys.max().item(), xs.max().item())
+    return out
+
+
+def _boxes_with_background(mask):
+    out = {}
+    for c in torch.unique(mask).tolist():
+        ys, xs = torch.nonzero(mask == c, as_tuple=True)
+        out[c] = (ys.min().item(), xs.min().item(), ys.max().item() + 1, xs.max().item() + 1)
+    return out
+
+
+def _sgrad_missing_term(y, dy, dim=-1):
+    return y * dy
+
+
+def _sgrad_last_axis(y, dy, dim=-1):
+    return y * (dy - (y * dy).sum(-1, keepdim=True))
+
+
+def _l2_no_eps(x):
+    xf = x.float()
+    return (xf / xf.norm(dim=-1, keepdim=True)).to(x.dtype)
+
+
+def _l2_returns_fp32(x):
+    xf = x.float()
+    return xf / xf.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+
+
+def _l2_l1_norm(x):
+    return x / x.abs().sum(-1, keepdim=True).clamp_min(1e-6)
+
+
+WRONG = [
+    ("preface.miou", lambda p, t, k, i=255: torch.zeros(()), "got 0.0000"),
+    ("preface.miou", _miou_pixel_acc, "pixel accuracy"),
+    ("preface.miou", _miou_no_ignore, "ignore index must be dropped"),
+    ("preface.miou", _miou_absent_as_zero, "leave it out of the mean"),
+    ("preface.lr_schedule", _lr_off_by_one, "(step + 1) / warmup_steps"),
+    ("preface.lr_schedule", _lr_no_floor, "min_lr_ratio"),
+    ("preface.digit_boxes", _boxes_inclusive, "exclusive"),
+    ("preface.digit_boxes", _boxes_with_background, "have no box"),
+    ("preface.softmax_grad", _sgrad_missing_term, "eq. (S2)"),
+    ("preface.softmax_grad", _sgrad_last_axis, "reduce over `dim`"),
+    ("preface.softmax_grad", lambda y, dy, dim=-1: torch.zeros_like(y), "max abs error"),
+    ("preface.l2norm_kernel", _l2_no_eps, "NaN"),
+    ("preface.l2norm_kernel", _l2_returns_fp32, "dtype float16"),
+    ("preface.l2norm_kernel", _l2_l1_norm, "max abs error"),
+]
+
+
+@pytest.mark.parametrize("qid, fn, message", WRONG, ids=[f"{q}-{i}" for i, (q, _, _) in enumerate(WRONG)])
+def test_plausible_wrong_answers_lose_points_with_the_right_message(qid, fn, message):
+    r = grade_function(qid, fn)
+    assert r.points < r.max_points
+    assert any(message in m for m in r.messages), r.messages
+    assert len(r.messages) <= 3
+    assert grade_function(qid, fn).messages == r.messages          # deterministic
+
+
+def test_every_question_has_a_wrong_answer_fixture():
+    assert {q.id for q in questions()} <= {qid for qid, _, _ in WRONG}
+
+
+# ------------------------------------------------------------------ never raises
+def _question(fn_check, limit=20.0):
+    return Question("test.q", "t", "f", (Check("only", 2, fn_check),), time_limit=limit)
+
+
+def test_timeouts_exceptions_types_nans_and_warnings_become_messages():
+    def loops(fn):
+        fn()
+
+    def forever():
+        while True:
+            pass
+
+    t0 = time.perf_counter()
+    r = run_question(_question(loops, limit=0.5), forever)
+    assert r.points == 0 and "timed out after 0.5 s" in r.messages[0]
+    assert time.perf_counter() - t0 < 5
+
+    r = run_question(_question(loops), lambda: 1 / 0)
+    assert r.messages == ["only: your code raised ZeroDivisionError: division by zero"]
+
+    r = grade_function("preface.miou", lambda *a: "0.5")
+    assert "expected the mean IoU to be a number, got str" in r.messages[0]
+
+    r = grade_function("preface.softmax_grad", lambda y, dy, dim=-1: y / 0 * dy)
+    assert any("NaN/inf" in m for m in r.messages)
+
+    def warns(fn):
+        fn()
+
+    def noisy():
+        warnings.warn("careful")
+    r = run_question(_question(warns), noisy)
+    assert r.points == 2 and "warned UserWarning: careful" in r.messages[0]
+
+    r = run_question(_question(loops), lambda: recurse())          # noqa: F821
+    assert r.points == 0
+    assert grade_function("preface.miou", None).messages[0].startswith("define a function named `mean_iou`")
+    assert "should be a function" in grade_function("preface.miou", 3).messages[0]
+
+
+def recurse():
+    return recurse()
+
+
+def test_partial_credit():
+    def half_right(pred, target, k, ignore=255):      # ignores the ignore index only
+        return _miou_no_ignore(pred, target, k, ignore)
+    r = grade_function("preface.miou", half_right)
+    assert 0 < r.points < r.max_points
+
+
+def test_check_prints_one_line_and_hints(capsys):
+    def mean_iou(pred, target, k, ignore=255):
+        raise NotImplementedError
+    check("preface.miou", mean_iou)
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "preface.miou: 0/3" and out[1].startswith("  - not attempted yet (0/3)")
+    with pytest.raises(KeyError, match="preface.miou"):
+        get_question("preface.nope")
+
+
+# ------------------------------------------------------------------ authoring
+def test_strip_solutions():
+    src = "def f(x):\n    y = 1\n    ### BEGIN SOLUTION\n    return x + y\n    ### END SOLUTION\n"
+    assert strip_solutions(src) == ("def f(x):\n    y = 1\n    raise NotImplementedError("
+                                    "\"exercise: write your solution here\")\n")
+    for bad in ("### BEGIN SOLUTION\n", "### END SOLUTION\n",
+                "### BEGIN SOLUTION\n### BEGIN SOLUTION\n### END SOLUTION\n"):
+        with pytest.raises(ValueError):
+            strip_solutions(bad)
+
+
+def test_committed_student_notebooks_are_generated():
+    r = subprocess.run([sys.executable, "-m", "hrvit_edu.grading.assign", "--check"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout
+    assert pairs() and all(s.exists() for _, s in pairs())
+
+
+def test_generated_students_have_no_solution_code():
+    import nbformat
+    for master, _ in pairs():
+        student = make_student(nbformat.read(master, as_version=4))
+        text = "\n".join(c.source for c in student.cells)
+        assert "BEGIN SOLUTION" not in text and "NotImplementedError" in text
+        assert all(not c.get("outputs") for c in student.cells if c.cell_type == "code")
+
+
+def test_cli_exit_codes(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "hrvit_edu.grading", str(tmp_path / "missing.ipynb")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "no such notebook" in r.stderr

@@ -1,4 +1,5 @@
-"""Pieces several papers share (norms, conv blocks, heads)."""
-from .layers import ConvNormAct, make_norm
+"""Pieces several papers share (norms, conv blocks, drop-path, heads)."""
+from .heads import AllMLPHead
+from .layers import ConvNormAct, DropPath, make_norm
 
-__all__ = ["ConvNormAct", "make_norm"]
+__all__ = ["AllMLPHead", "ConvNormAct", "DropPath", "make_norm"]

@@ -26,3 +26,25 @@ class ConvNormAct(nn.Sequential):
             make_norm(norm, cout),
             act() if act is not None else nn.Identity(),
         )
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: zero a whole residual branch per sample with probability ``p``.
+
+    y = x * m / (1 - p),  m ~ Bernoulli(1 - p) per sample (identity in eval mode or p = 0).
+    """
+
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"drop-path rate must be in [0, 1), got {p}")
+        self.p = p
+
+    def forward(self, x):
+        if not self.training or self.p == 0.0:
+            return x
+        keep = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1 - self.p)
+        return x * keep / (1 - self.p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"

@@ -25,6 +25,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..kernels import HAS_TRITON
+from ..kernels.des import des as des_fused
 from ..kernels.window_attention import window_attention_reference
 from ..nn import AllMLPHead, DropPath
 from ..registry import register_model
@@ -60,11 +62,13 @@ class DES(nn.Module):
     Without the activation and biases, out = (A kron B) x, because (A kron B) vec_r(X_m) =
     vec_r(A X_m B^T) for row-major vec_r.  Parameters P^2 + P + K^2 + K instead of C^2 + C.
     ``act``: 'gelu' (official code, default) or 'hardswish' (the paper).
+    ``use_kernel``: None (default) runs the fused Triton op (``hrvit_edu::des``) on CUDA and
+    eager torch on CPU (the interpreter is ~1000x slower); True/False force it on/off.
     """
 
-    def __init__(self, channels: int, act: str = "gelu"):
+    def __init__(self, channels: int, act: str = "gelu", use_kernel: bool | None = None):
         super().__init__()
-        self.channels = channels
+        self.channels, self.act_name, self.use_kernel = channels, act, use_kernel
         self.p, self.k = des_factors(channels)
         self.right = nn.Linear(self.p, self.p)     # B, acts along P
         self.left = nn.Linear(self.k, self.k)      # A, acts along K
@@ -73,6 +77,11 @@ class DES(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.channels:
             raise ValueError(f"DES expects {self.channels} channels last, got shape {tuple(x.shape)}")
+        fused = self.use_kernel if self.use_kernel is not None else (x.is_cuda and HAS_TRITON)
+        if fused and self.act_name in ("gelu", "identity"):
+            out = des_fused(x.reshape(-1, self.channels), self.left.weight, self.left.bias,
+                            self.right.weight, self.right.bias, self.act_name)
+            return out.reshape(x.shape)
         xm = x.reshape(*x.shape[:-1], self.k, self.p)
         y = self.act(self.right(xm))                                   # (..., K, P)
         u = self.left(y.transpose(-1, -2)).transpose(-1, -2)            # A along K
@@ -209,11 +218,11 @@ class HRViTBlock(nn.Module):
 
     def __init__(self, channels: int, window: int, dim_head: int, mlp_ratio: float,
                  drop_path: float = 0.0, des_act: str = "gelu", attn_bn_init: str = "zero",
-                 mask_value: float = -100.0):
+                 mask_value: float = -100.0, use_kernels: bool | None = None):
         super().__init__()
         self.norm1 = nn.LayerNorm(channels)
         self.attn = HRViTAttn(channels, window, dim_head, attn_bn_init, mask_value)
-        self.des = DES(channels, des_act)
+        self.des = DES(channels, des_act, use_kernels)
         self.norm2 = nn.LayerNorm(channels)
         self.ffn = MixCFN(channels, mlp_ratio)
         self.drop_path = DropPath(drop_path)
@@ -277,7 +286,8 @@ class HRViTModule(nn.Module):
         self.embed = nn.ModuleList(PatchEmbed(ci, channels[i]) for i, ci in enumerate(self.fusion.out_channels))
         self.branches = nn.ModuleList(
             nn.ModuleList(HRViTBlock(channels[i], cfg.window[i], cfg.dim_head, cfg.mlp_ratio[i], drop_rates[j],
-                                     cfg.des_act, cfg.attn_bn_init, cfg.mask_value) for j in range(n))
+                                     cfg.des_act, cfg.attn_bn_init, cfg.mask_value, cfg.use_kernels)
+                        for j in range(n))
             for i, n in enumerate(blocks))
         self.norms = nn.ModuleList(nn.LayerNorm(channels[i]) for i in range(k_out))
 
@@ -306,6 +316,7 @@ class HRViTConfig:
     des_act: str = "gelu"                # paper: "hardswish"
     attn_bn_init: str = "zero"           # paper: "identity"
     mask_value: float = -100.0           # code; float("-inf") is exact masking
+    use_kernels: bool | None = None      # None: fused Triton ops on CUDA, eager torch on CPU
 
 
 class HRViT(nn.Module):

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from ..kernels import HAS_TRITON
 from ..kernels.des import des as des_fused
-from ..kernels.window_attention import window_attention_reference
+from ..kernels.window_attention import window_attention, window_attention_reference
 from ..nn import AllMLPHead, DropPath
 from ..registry import register_model
 
@@ -148,12 +148,14 @@ class HRViTAttn(nn.Module):
     ``bn_init``: 'zero' (official code: gamma = beta = 0, so Z = 0 at initialisation and the
     attention branch starts switched off) or 'identity' (gamma = 1, beta = 0, as the paper says).
     ``mask_value``: added to padded keys' logits (-100 in the code; ``float('-inf')`` is exact).
+    ``use_kernel``: None runs the fused window-attention op on CUDA and eager torch on CPU.
     """
 
     def __init__(self, channels: int, window: int, dim_head: int = 32, bn_init: str = "zero",
-                 mask_value: float = -100.0):
+                 mask_value: float = -100.0, use_kernel: bool | None = None):
         super().__init__()
         self.channels, self.window, self.mask_value = channels, window, mask_value
+        self.use_kernel = use_kernel
         self.heads, self.dim_head = head_split(channels, dim_head)
         self.scale = self.dim_head ** -0.5
         self.to_qv = nn.Linear(channels, 2 * channels)
@@ -172,8 +174,10 @@ class HRViTAttn(nn.Module):
         vw, _ = stripe_partition(v, self.window, orientation)
         g, n, _ = qw.shape
         split = lambda t: t.reshape(g, n, self.heads, self.dim_head).transpose(1, 2).reshape(-1, n, self.dim_head)
-        out = window_attention_reference(split(qw), split(vw), split(vw),
-                                         valid.repeat_interleave(self.heads), self.scale, self.mask_value)
+        fused = self.use_kernel if self.use_kernel is not None else (q.is_cuda and HAS_TRITON)
+        attend = window_attention if fused else window_attention_reference
+        kv = split(vw)                                   # shared key/value: K = V
+        out = attend(split(qw), kv, kv, valid.repeat_interleave(self.heads), self.scale, self.mask_value)
         out = out.reshape(g, self.heads, n, self.dim_head).transpose(1, 2).reshape(g, n, -1)
         return stripe_merge(out, b, h, w, self.window, orientation)
 
@@ -221,7 +225,7 @@ class HRViTBlock(nn.Module):
                  mask_value: float = -100.0, use_kernels: bool | None = None):
         super().__init__()
         self.norm1 = nn.LayerNorm(channels)
-        self.attn = HRViTAttn(channels, window, dim_head, attn_bn_init, mask_value)
+        self.attn = HRViTAttn(channels, window, dim_head, attn_bn_init, mask_value, use_kernels)
         self.des = DES(channels, des_act, use_kernels)
         self.norm2 = nn.LayerNorm(channels)
         self.ffn = MixCFN(channels, mlp_ratio)

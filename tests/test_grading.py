@@ -46,9 +46,10 @@ def test_stubs_score_zero_without_raising(master):
     assert seconds < 300
 
 
-def test_every_question_has_checks_worth_points():
-    qs = questions("preface")
-    assert len(qs) >= 3
+@pytest.mark.parametrize("chapter, minimum", [("preface", 3), ("hrvit", 4)])
+def test_every_question_has_checks_worth_points(chapter, minimum):
+    qs = questions(chapter)
+    assert len(qs) >= minimum
     for q in qs:
         assert q.max_points >= 2 and all(c.points > 0 for c in q.checks)
 
@@ -133,7 +134,52 @@ def _l2_l1_norm(x):
     return x / x.abs().sum(-1, keepdim=True).clamp_min(1e-6)
 
 
+def _kron_no_transpose(A, B, x):
+    X = x.reshape(*x.shape[:-1], A.shape[0], B.shape[0])
+    return (A @ X @ B).reshape(x.shape)
+
+
+def _kron_no_batch(A, B, x):
+    return (A @ x.reshape(A.shape[0], B.shape[0]) @ B.T).reshape(-1)
+
+
+def _des_relu(x, A, bA, B, bB):
+    X = x.reshape(*x.shape[:-1], A.shape[0], B.shape[0])
+    return (A @ torch.relu(X @ B.T + bB) + bA[:, None]).reshape(x.shape)
+
+
+def _des_no_act(x, A, bA, B, bB):
+    X = x.reshape(*x.shape[:-1], A.shape[0], B.shape[0])
+    return (A @ (X @ B.T + bB) + bA[:, None]).reshape(x.shape)
+
+
+def _stripes_row_major_vertical(x, s, o):
+    from hrvit_edu.models.hrvit import stripe_partition
+    if o == "h":
+        return stripe_partition(x, s, o)
+    b, h, w, c = x.shape
+    n = -(-w // s)
+    xp = torch.nn.functional.pad(x, (0, 0, 0, n * s - w))
+    win = xp.reshape(b, h, n, s, c).permute(0, 2, 1, 3, 4).reshape(b * n, s * h, c)
+    return win, stripe_partition(x, s, o)[1]
+
+
+def _fuse_relu(hi, lo, down, up):
+    return [torch.relu(hi + up(lo)), torch.relu(down(hi) + lo)]
+
+
+def _right_no_bias(x, bw, bb):
+    return (x.float() @ bw.float().T).to(x.dtype)
+
+
 WRONG = [
+    ("hrvit.kron_fold", _kron_no_transpose, "A X B^T"),
+    ("hrvit.kron_fold", _kron_no_batch, "batched tokens: your code raised RuntimeError"),
+    ("hrvit.des", _des_relu, "use GELU"),
+    ("hrvit.des", _des_no_act, "activation GELU"),
+    ("hrvit.stripes", _stripes_row_major_vertical, "column-major"),
+    ("hrvit.fusion", _fuse_relu, "not HRNet's ReLU"),
+    ("hrvit.des_kernel", _right_no_bias, "max abs error"),
     ("preface.miou", lambda p, t, k, i=255: torch.zeros(()), "got 0.0000"),
     ("preface.miou", _miou_pixel_acc, "pixel accuracy"),
     ("preface.miou", _miou_no_ignore, "ignore index must be dropped"),

@@ -84,9 +84,11 @@ def main(argv=None) -> int:
                 print(f"{student_path} is not what {master_path.name} generates: "
                       "run `python -m hrvit_edu.grading.assign` and regenerate outputs")
                 bad += 1
+        elif student_path.exists() and _signature(nbformat.read(student_path, as_version=4)) == _signature(student):
+            print(f"{student_path.relative_to(ROOT)} is up to date (stored outputs kept)")
         else:
             nbformat.write(student, student_path)
-            print(f"wrote {student_path.relative_to(ROOT)}")
+            print(f"wrote {student_path.relative_to(ROOT)} (regenerate its outputs next)")
     return 1 if bad else 0
 
 

@@ -1,0 +1,184 @@
+"""Questions of ``exercises/01_hrvit.ipynb``: the Kronecker fold, DES, stripe windows, fusion,
+and a piece of the DES kernel.  References are the package's HRViT modules."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ...kernels import HAS_TRITON, triton_usable
+from ...models.hrvit import DES, CrossResolutionFusion, stripe_partition
+from ..compare import assert_matches, expect_tensor
+from ..core import Check, CheckFailed, Question, register
+
+
+def _gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+# ------------------------------------------------------------------------------ 1. fold
+def _kron_inputs(k, p, batch, seed):
+    g = _gen(seed)
+    return (torch.randn(k, k, generator=g, dtype=torch.float64), torch.randn(p, p, generator=g, dtype=torch.float64),
+            torch.randn(*batch, k * p, generator=g, dtype=torch.float64))
+
+
+def _kron_check(fn, k, p, batch, seed, hint):
+    A, B, x = _kron_inputs(k, p, batch, seed)
+    want = x @ torch.kron(A, B).T
+    assert_matches(fn(A.clone(), B.clone(), x.clone()), want, atol=1e-9, rtol=1e-9,
+                   what=f"(A kron B) x for K={k}, P={p}", hint=hint)
+
+
+_FOLD_HINT = "fold x[k*P + p] = X[k, p]: A mixes rows (K), B mixes columns (P): A X B^T"
+
+register(Question("hrvit.kron_fold", "(A kron B) x without forming A kron B", "kron_matvec", (
+    Check("square factors", 1, lambda fn: _kron_check(fn, 4, 4, (), 0, _FOLD_HINT)),
+    Check("K != P", 1, lambda fn: _kron_check(fn, 3, 5, (), 1, _FOLD_HINT)),
+    Check("batched tokens", 1, lambda fn: _kron_check(fn, 6, 8, (2, 7), 2,
+                                                       "x may carry leading batch dims (..., K*P)")),
+)))
+
+
+# ------------------------------------------------------------------------------ 2. DES
+def _des_module(c, seed):
+    torch.manual_seed(seed)
+    d = DES(c).double()
+    for p in d.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    return d
+
+
+def _des_call(fn, d, x):
+    return fn(x, d.left.weight.detach(), d.left.bias.detach(), d.right.weight.detach(), d.right.bias.detach())
+
+
+def _des_hint(got, want):
+    return "use GELU between the two factors (the official code), and add b_A per row k after A"
+
+
+def _des_forward(fn):
+    for c, shape in [(32, (5,)), (96, (2, 3))]:
+        d = _des_module(c, c)
+        x = torch.randn(*shape, c, generator=_gen(c), dtype=torch.float64)
+        with torch.no_grad():
+            want = d(x)
+        assert_matches(_des_call(fn, d, x), want, atol=1e-9, rtol=1e-9, what=f"DES(x) for C={c}",
+                       hint=_des_hint)
+
+
+def _des_linear_case(fn):
+    """With zero biases and small inputs GELU(y) ~ y/2: catches a missing or extra activation."""
+    d = _des_module(48, 3)
+    for m in (d.left, d.right):
+        torch.nn.init.zeros_(m.bias)
+    x = torch.randn(4, 48, generator=_gen(3), dtype=torch.float64)
+    with torch.no_grad():
+        want = d(x)
+    assert_matches(_des_call(fn, d, x), want, atol=1e-9, rtol=1e-9, what="DES(x) with zero biases",
+                   hint="is the activation GELU, applied after B and before A?")
+
+
+def _des_grad(fn):
+    d = _des_module(64, 4)
+    x = torch.randn(3, 64, generator=_gen(4), dtype=torch.float64, requires_grad=True)
+    out = expect_tensor(_des_call(fn, d, x))
+    if not out.requires_grad:
+        raise CheckFailed("the output does not depend differentiably on x (did you detach or use numpy?)")
+    up = torch.randn(out.shape, generator=_gen(5), dtype=torch.float64)
+    (g,) = torch.autograd.grad(out, x, up)
+    x2 = x.detach().requires_grad_()
+    (g2,) = torch.autograd.grad(d(x2), x2, up)
+    assert_matches(g, g2, atol=1e-9, rtol=1e-9, what="gradient w.r.t. x")
+
+
+register(Question("hrvit.des", "the DES forward pass, eq. (D1)", "des_forward", (
+    Check("random tokens", 1, _des_forward),
+    Check("activation between the factors", 1, _des_linear_case),
+    Check("gradient w.r.t. x", 1, _des_grad),
+)))
+
+
+# ------------------------------------------------------------------------------ 3. stripes
+def _stripe_check(fn, h, w, s, o, hint):
+    x = torch.randn(2, h, w, 3, generator=_gen(h * 31 + w))
+    want_win, want_valid = stripe_partition(x, s, o)
+    got = fn(x.clone(), s, o)
+    if not (isinstance(got, tuple) and len(got) == 2):
+        raise CheckFailed("return a pair (windows, valid)")
+    assert_matches(got[0], want_win, atol=0, rtol=0, what=f"{o!r} windows for H={h}, W={w}, s={s}", hint=hint)
+    valid = expect_tensor(got[1], "valid counts")
+    if valid.tolist() != want_valid.tolist():
+        raise CheckFailed(f"valid counts {valid.tolist()} != {want_valid.tolist()} - the last stripe "
+                          "holds fewer real tokens when the side is not a multiple of s")
+
+
+register(Question("hrvit.stripes", "cross-shaped stripe windows with zero padding", "stripe_windows", (
+    Check("horizontal, exact fit", 1, lambda fn: _stripe_check(fn, 6, 5, 2, "h",
+                                                                "horizontal stripes: s rows x W, tokens row-major")),
+    Check("horizontal, padded", 1, lambda fn: _stripe_check(fn, 7, 4, 3, "h",
+                                                             "zero-pad the bottom to a multiple of s")),
+    Check("vertical, padded", 1, lambda fn: _stripe_check(
+        fn, 5, 7, 3, "v", "vertical windows are column-major: all H rows of a stripe's first column first, "
+                          "padding on the right")),
+)))
+
+
+# ------------------------------------------------------------------------------ 4. fusion
+def _fusion_setup(seed):
+    torch.manual_seed(seed)
+    f = CrossResolutionFusion([8, 16]).double().eval()
+    for mod in f.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            torch.nn.init.uniform_(mod.weight, 0.5, 1.5)
+            torch.nn.init.normal_(mod.bias)
+    hi = torch.randn(2, 8, 12, 10, generator=_gen(seed), dtype=torch.float64)
+    lo = torch.randn(2, 16, 6, 5, generator=_gen(seed + 1), dtype=torch.float64)
+    return f, hi, lo
+
+
+def _fusion_check(fn, seed, which):
+    f, hi, lo = _fusion_setup(seed)
+    with torch.no_grad():
+        want = f([hi, lo])
+        got = fn(hi, lo, f.paths[1][0], f.paths[0][1])
+    if not (isinstance(got, (tuple, list)) and len(got) == 2):
+        raise CheckFailed("return the two fused maps [y_high, y_low]")
+    hint = "y_i = GELU(sum of the paths into branch i) - GELU, not HRNet's ReLU"
+    assert_matches(got[which], want[which], atol=1e-9, rtol=1e-9,
+                   what=("high-resolution output", "low-resolution output")[which], hint=hint)
+
+
+register(Question("hrvit.fusion", "cross-resolution fusion of two branches, eq. (X1)", "fuse_two", (
+    Check("high-resolution output", 1, lambda fn: _fusion_check(fn, 0, 0)),
+    Check("low-resolution output", 1, lambda fn: _fusion_check(fn, 1, 1)),
+)))
+
+
+# ------------------------------------------------------------------------------ 5. kernel piece
+def _right_ref(x, bw, bb):
+    return (x.float() @ bw.float().T + bb.float()).to(x.dtype)
+
+
+def _kernel_ready():
+    if not (HAS_TRITON and triton_usable(torch.zeros(1))):
+        raise CheckFailed("Triton is not usable here (it is Linux-only); this question needs it")
+
+
+def _right_check(fn, m, p, dtype, atol, hint):
+    _kernel_ready()
+    g = _gen(m * 7 + p)
+    x = torch.randn(m, p, generator=g).to(dtype)
+    bw, bb = torch.randn(p, p, generator=g).to(dtype), torch.randn(p, generator=g).to(dtype)
+    assert_matches(fn(x.clone(), bw, bb), _right_ref(x, bw, bb), atol=atol, rtol=atol,
+                   what=f"Y for M={m}, P={p}, {str(dtype).replace('torch.', '')}", hint=hint)
+
+
+register(Question("hrvit.des_kernel", "the DES kernel's right factor: Y = X B^T + b_B in Triton",
+                  "right_factor", (
+    Check("M a multiple of the block", 1, lambda fn: _right_check(fn, 32, 16, torch.float32, 1e-4,
+                                                                 "Y = X @ B^T: transpose B inside tl.dot")),
+    Check("ragged M and P = 8", 1, lambda fn: _right_check(
+        fn, 21, 8, torch.float32, 1e-4, "pad P to 16 for tl.dot and mask rows >= M and columns >= P")),
+    Check("fp16 in, fp16 out", 1, lambda fn: _right_check(fn, 19, 16, torch.float16, 3e-3,
+                                                          "accumulate in fp32, store in the input dtype")),
+), time_limit=60.0))

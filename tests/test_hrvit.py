@@ -196,3 +196,29 @@ def test_training_step_runs_and_drop_path_schedule():
     loss = F.cross_entropy(m(torch.randn(2, 1, 64, 64)), torch.randint(0, 11, (2, 64, 64)))
     loss.backward()
     assert all(p.grad is not None for p in m.parameters() if p.requires_grad)
+
+
+def test_ablation_switches():
+    base = hrvit_edu.create_model("hrvit_textbook", num_classes=0)
+    dense = hrvit_edu.create_model("hrvit_textbook", num_classes=0, des="dense")
+    sep = hrvit_edu.create_model("hrvit_textbook", num_classes=0, kv="separate")
+    blocks = [blk for mod in base.stages for br in mod.branches for blk in br]
+    c2 = sum(b.des.channels ** 2 + b.des.channels for b in blocks)
+    kron = sum(n_params(b.des) for b in blocks)
+    assert n_params(dense) - n_params(base) == c2 - kron          # DES saves exactly this
+    assert n_params(sep) - n_params(base) == c2                    # K/V sharing saves a C x C + C
+    for bad, msg in [({"des": "full"}, "des must be"), ({"kv": "tied"}, "kv must be"), ({"head_from": 4}, "head_from")]:
+        with pytest.raises(ValueError, match=msg):
+            hrvit_edu.create_model("hrvit_textbook", **bad)
+
+
+def test_separate_keys_equal_shared_when_tied():
+    torch.manual_seed(0)
+    shared = HRViTAttn(32, window=2, dim_head=8, bn_init="identity").eval()
+    sep = HRViTAttn(32, window=2, dim_head=8, bn_init="identity", kv="separate").eval()
+    sep.load_state_dict(shared.state_dict(), strict=False)
+    with torch.no_grad():
+        sep.to_k.weight.copy_(shared.to_qv.weight[32:])
+        sep.to_k.bias.copy_(shared.to_qv.bias[32:])
+    x = torch.randn(2, 5 * 4, 32)
+    torch.testing.assert_close(sep(x, (5, 4)), shared(x, (5, 4)))

@@ -149,13 +149,18 @@ class HRViTAttn(nn.Module):
     attention branch starts switched off) or 'identity' (gamma = 1, beta = 0, as the paper says).
     ``mask_value``: added to padded keys' logits (-100 in the code; ``float('-inf')`` is exact).
     ``use_kernel``: None runs the fused window-attention op on CUDA and eager torch on CPU.
+    ``kv``: 'shared' (K = V, the paper and code) or 'separate' (an extra key projection: the
+    ablation that measures what sharing saves).
     """
 
     def __init__(self, channels: int, window: int, dim_head: int = 32, bn_init: str = "zero",
-                 mask_value: float = -100.0, use_kernel: bool | None = None):
+                 mask_value: float = -100.0, use_kernel: bool | None = None, kv: str = "shared"):
         super().__init__()
+        if kv not in ("shared", "separate"):
+            raise ValueError(f"kv must be 'shared' or 'separate', got {kv!r}")
         self.channels, self.window, self.mask_value = channels, window, mask_value
         self.use_kernel = use_kernel
+        self.to_k = nn.Linear(channels, channels) if kv == "separate" else None
         self.heads, self.dim_head = head_split(channels, dim_head)
         self.scale = self.dim_head ** -0.5
         self.to_qv = nn.Linear(channels, 2 * channels)
@@ -168,16 +173,18 @@ class HRViTAttn(nn.Module):
         elif bn_init != "identity":
             raise ValueError(f"bn_init must be 'zero' (code) or 'identity' (paper), got {bn_init!r}")
 
-    def _stripes(self, q, v, b, h, w, orientation):
-        """q, v (B, H, W, C/2) -> attention output (B, H, W, C/2) for one stripe orientation."""
+    def _stripes(self, q, k, v, b, h, w, orientation):
+        """q, v (and k, or None when K = V) (B, H, W, C/2) -> (B, H, W, C/2) for one orientation."""
         qw, valid = stripe_partition(q, self.window, orientation)
         vw, _ = stripe_partition(v, self.window, orientation)
+        kw = vw if k is None else stripe_partition(k, self.window, orientation)[0]
         g, n, _ = qw.shape
         split = lambda t: t.reshape(g, n, self.heads, self.dim_head).transpose(1, 2).reshape(-1, n, self.dim_head)
         fused = self.use_kernel if self.use_kernel is not None else (q.is_cuda and HAS_TRITON)
         attend = window_attention if fused else window_attention_reference
-        kv = split(vw)                                   # shared key/value: K = V
-        out = attend(split(qw), kv, kv, valid.repeat_interleave(self.heads), self.scale, self.mask_value)
+        vs = split(vw)
+        ks = vs if kw is vw else split(kw)               # shared key/value: K = V
+        out = attend(split(qw), ks, vs, valid.repeat_interleave(self.heads), self.scale, self.mask_value)
         out = out.reshape(g, self.heads, n, self.dim_head).transpose(1, 2).reshape(g, n, -1)
         return stripe_merge(out, b, h, w, self.window, orientation)
 
@@ -188,9 +195,10 @@ class HRViTAttn(nn.Module):
             raise ValueError(f"HRViTAttn expects (B, {h}*{w}, {self.channels}), got {tuple(x.shape)}")
         q, v = self.to_qv(x).chunk(2, dim=-1)
         qm, vm = q.reshape(b, h, w, c), v.reshape(b, h, w, c)
-        half = c // 2
-        y = torch.cat([self._stripes(qm[..., :half], vm[..., :half], b, h, w, "h"),
-                       self._stripes(qm[..., half:], vm[..., half:], b, h, w, "v")], dim=-1)
+        km = None if self.to_k is None else self.to_k(x).reshape(b, h, w, c)
+        halves = (slice(0, c // 2), slice(c // 2, c))      # first half: rows, second: columns
+        y = torch.cat([self._stripes(qm[..., sl], None if km is None else km[..., sl], vm[..., sl], b, h, w, o)
+                       for sl, o in zip(halves, "hv")], dim=-1)
         p = self.dw(F.hardswish(vm.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
         z = self.proj(F.hardswish(y + p).reshape(b, n, c))
         return self.bn(z.transpose(1, 2)).transpose(1, 2)
@@ -217,16 +225,29 @@ class MixCFN(nn.Module):
         return self.fc2(F.gelu(m).flatten(2).transpose(1, 2))
 
 
+class _Zero(nn.Module):
+    def forward(self, x):
+        return torch.zeros_like(x)
+
+
 class HRViTBlock(nn.Module):
     """eqs. (H1)-(H2): DES sees the un-normalised input; one DropPath covers Attn + DES."""
 
     def __init__(self, channels: int, window: int, dim_head: int, mlp_ratio: float,
                  drop_path: float = 0.0, des_act: str = "gelu", attn_bn_init: str = "zero",
-                 mask_value: float = -100.0, use_kernels: bool | None = None):
+                 mask_value: float = -100.0, use_kernels: bool | None = None, des: str = "kron",
+                 kv: str = "shared"):
         super().__init__()
         self.norm1 = nn.LayerNorm(channels)
-        self.attn = HRViTAttn(channels, window, dim_head, attn_bn_init, mask_value, use_kernels)
-        self.des = DES(channels, des_act, use_kernels)
+        self.attn = HRViTAttn(channels, window, dim_head, attn_bn_init, mask_value, use_kernels, kv)
+        if des == "kron":
+            self.des = DES(channels, des_act, use_kernels)
+        elif des == "dense":                 # ablation: the full C x C projection DES factorises
+            self.des = nn.Linear(channels, channels)
+        elif des == "none":                  # ablation: no diversity shortcut at all
+            self.des = _Zero()
+        else:
+            raise ValueError(f"des must be 'kron', 'dense' or 'none', got {des!r}")
         self.norm2 = nn.LayerNorm(channels)
         self.ffn = MixCFN(channels, mlp_ratio)
         self.drop_path = DropPath(drop_path)
@@ -290,8 +311,8 @@ class HRViTModule(nn.Module):
         self.embed = nn.ModuleList(PatchEmbed(ci, channels[i]) for i, ci in enumerate(self.fusion.out_channels))
         self.branches = nn.ModuleList(
             nn.ModuleList(HRViTBlock(channels[i], cfg.window[i], cfg.dim_head, cfg.mlp_ratio[i], drop_rates[j],
-                                     cfg.des_act, cfg.attn_bn_init, cfg.mask_value, cfg.use_kernels)
-                        for j in range(n))
+                                     cfg.des_act, cfg.attn_bn_init, cfg.mask_value, cfg.use_kernels,
+                                     cfg.des, cfg.kv) for j in range(n))
             for i, n in enumerate(blocks))
         self.norms = nn.ModuleList(nn.LayerNorm(channels[i]) for i in range(k_out))
 
@@ -321,6 +342,9 @@ class HRViTConfig:
     attn_bn_init: str = "zero"           # paper: "identity"
     mask_value: float = -100.0           # code; float("-inf") is exact masking
     use_kernels: bool | None = None      # None: fused Triton ops on CUDA, eager torch on CPU
+    des: str = "kron"                    # ablations: "dense" (C x C), "none"
+    kv: str = "shared"                   # ablation: "separate" key projection
+    head_from: int = 0                   # ablation: 1 = the head ignores the stride-4 branch
 
 
 class HRViT(nn.Module):
@@ -344,7 +368,9 @@ class HRViT(nn.Module):
             in_ch = list(cfg.channels[:len(blocks)])
         self.out_channels = tuple(in_ch)
         self.stride = 4 * 2 ** (len(in_ch) - 1)
-        self.head = AllMLPHead(self.out_channels, cfg.head_dim, num_classes) if num_classes else None
+        if not 0 <= cfg.head_from < len(self.out_channels):
+            raise ValueError(f"head_from must index a branch, got {cfg.head_from}")
+        self.head = AllMLPHead(self.out_channels[cfg.head_from:], cfg.head_dim, num_classes) if num_classes else None
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         if x.ndim != 4 or x.shape[1] != self.in_chans:
@@ -362,7 +388,7 @@ class HRViT(nn.Module):
             return self.forward_features(x)
         h, w = x.shape[-2:]
         ph, pw = (-h) % self.stride, (-w) % self.stride
-        feats = self.forward_features(F.pad(x, (0, pw, 0, ph)) if ph or pw else x)
+        feats = self.forward_features(F.pad(x, (0, pw, 0, ph)) if ph or pw else x)[self.cfg.head_from:]
         logits = F.interpolate(self.head(feats), size=(h + ph, w + pw), mode="bilinear", align_corners=False)
         return logits[..., :h, :w]
 

@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from .notebook import REPORT_DIR_ENV
+from .notebook import REPORT_DIR_ENV, RUN_CACHE_ENV
 
 # The environment every headless run uses, for the book and for regenerating stored outputs.
 EXECUTION_ENV = {"TQDM_DISABLE": "1", "PYTHONHASHSEED": "0", "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
@@ -81,7 +81,8 @@ def main(argv=None) -> int:
         (reports / f"{path.stem}.json").unlink(missing_ok=True)
         t0 = time.perf_counter()
         nb, err = execute_notebook(path.resolve(), args.timeout, HRVIT_EDU_PROFILE=profile,
-                                   **{REPORT_DIR_ENV: str(reports.resolve())})
+                                   **{REPORT_DIR_ENV: str(reports.resolve()),
+                                      RUN_CACHE_ENV: str((out / "run-cache" / profile).resolve())})
         dt = time.perf_counter() - t0
         nbformat.write(nb, out / path.name)
         html, _ = HTMLExporter().from_notebook_node(nb)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 REPORT_DIR_ENV = "HRVIT_EDU_REPORT_DIR"
+RUN_CACHE_ENV = "HRVIT_EDU_RUN_CACHE"
 THREADS_ENV = "HRVIT_EDU_THREADS"
 
 
@@ -100,3 +101,12 @@ def show_source(obj) -> None:
 
     fn = getattr(obj, "fn", obj)           # triton JITFunction / InterpretedFunction -> python fn
     print(textwrap.dedent(inspect.getsource(fn)).rstrip())
+
+
+def run_cache() -> str | None:
+    """The folder of finished training runs chapters share (``$HRVIT_EDU_RUN_CACHE``), or None.
+
+    The book runner and the test command set it, so a chapter that reports against an earlier
+    chapter's model loads that run instead of training it again.
+    """
+    return os.environ.get(RUN_CACHE_ENV) or None

@@ -102,3 +102,20 @@ def test_batch_larger_than_dataset_is_refused():
     with pytest.raises(ValueError, match="exceeds"):
         fit(hrvit_edu.create_model("preface_convnet"), small, Budget(steps=2, batch_size=16, warmup_steps=0),
             progress=False)
+
+
+def test_run_cache_returns_the_same_run_without_training(tmp_path, data):
+    budget = CI.budget.replace(steps=6, eval_every=3, warmup_steps=1)
+    torch.manual_seed(0)
+    m1 = hrvit_edu.create_model("preface_convnet")
+    h1 = fit(m1, data, budget, cache=tmp_path, progress=False)
+    assert not h1.cached and len(list(tmp_path.glob("run-*.pt"))) == 1
+    torch.manual_seed(0)
+    m2 = hrvit_edu.create_model("preface_convnet")
+    h2 = fit(m2, data, budget, cache=tmp_path, progress=False)
+    assert h2.cached and h2.test == h1.test and h2.loss == h1.loss
+    for a, b in zip(m1.state_dict().values(), m2.state_dict().values()):
+        assert torch.equal(a, b)
+    torch.manual_seed(1)                           # other initial weights: another run
+    h3 = fit(hrvit_edu.create_model("preface_convnet"), data, budget, cache=tmp_path, progress=False)
+    assert not h3.cached and len(list(tmp_path.glob("run-*.pt"))) == 2

@@ -162,7 +162,7 @@ def test_fusion_paths_and_widths():
 def test_backbone_outputs_and_bad_input():
     m = hrvit_edu.create_model("hrvit_textbook", num_classes=0)
     feats = m(torch.randn(2, 1, 64, 96))
-    assert [tuple(f.shape) for f in feats] == [(2, 16, 16, 24), (2, 32, 8, 12), (2, 64, 4, 6), (2, 128, 2, 3)]
+    assert [tuple(f.shape) for f in feats] == [(2, 16, 16, 24), (2, 32, 8, 12), (2, 64, 4, 6), (2, 96, 2, 3)]
     with pytest.raises(ValueError, match="multiples of 32"):
         m(torch.randn(1, 1, 48, 64))
     with pytest.raises(ValueError, match="expected input"):

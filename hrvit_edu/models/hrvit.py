@@ -344,7 +344,7 @@ class HRViTConfig:
     use_kernels: bool | None = None      # None: fused Triton ops on CUDA, eager torch on CPU
     des: str = "kron"                    # ablations: "dense" (C x C), "none"
     kv: str = "shared"                   # ablation: "separate" key projection
-    head_from: int = 0                   # ablation: 1 = the head ignores the stride-4 branch
+    head_from: int = 0                   # ablation: 1 = the head ignores the finest branch
 
 
 class HRViT(nn.Module):
@@ -401,9 +401,12 @@ VARIANTS = {
     "b3": HRViTConfig(channels=(64, 128, 256, 512), mlp_ratio=(2, 2, 2, 2), head_dim=768,
                       blocks=((1,), (1, 1), (1, 1, 6), (1, 1, 6), (1, 1, 6, 3), (1, 1, 6, 3))),
     # Textbook size for DigitScenes on a CPU: same topology, narrow branches, one block each.
-    "textbook": HRViTConfig(channels=(16, 32, 64, 128), stem_channels=32, dim_head=16,
+    # Textbook size for DigitScenes on 2 CPU cores: the same topology cut to four modules (one
+    # per stage) with one block per branch and narrow branches: ~0.26 M parameters, ~0.28 s
+    # per AdamW step at batch 32 on 64 x 64 (vs ~0.68 s for the six-module version).
+    "textbook": HRViTConfig(channels=(16, 32, 64, 96), stem_channels=16, dim_head=16,
                             mlp_ratio=(2, 2, 2, 2), head_dim=64,
-                            blocks=((1,), (1, 1), (1, 1, 1), (1, 1, 1), (1, 1, 1, 1), (1, 1, 1, 1))),
+                            blocks=((1,), (1, 1), (1, 1, 1), (1, 1, 1, 1))),
 }
 OFFICIAL_BACKBONE_PARAMS = {"b1": 7.758e6, "b2": 20.311e6, "b3": 25.508e6}
 

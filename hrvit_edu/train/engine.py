@@ -71,6 +71,7 @@ class History:
     val_miou: list[float] = dataclasses.field(default_factory=list)
     test: dict = dataclasses.field(default_factory=dict)      # final SegMetrics.as_dict()
     train_seconds: float = 0.0
+    cached: bool = False                                        # loaded from a run cache
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -251,17 +252,51 @@ def _show_progress(progress: bool | None) -> bool:
     return not (os.environ.get("CI") or os.environ.get("TQDM_DISABLE"))
 
 
+def run_key(model: nn.Module, data: DataBundle, budget: Budget) -> str:
+    """Identity of a finished run: model structure, budget, data config, package version."""
+    import hashlib
+    import json
+
+    from .. import __version__
+
+    desc = {"model": model_fingerprint(model), "budget": dataclasses.asdict(budget),
+            "data": repr(getattr(data.train, "config", type(data.train).__name__)),
+            "augment": repr(getattr(data.train, "augment", None)), "version": __version__,
+            "init": float(sum(p.detach().double().sum() for p in model.parameters()))}
+    return hashlib.sha1(json.dumps(desc, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def fit(model: nn.Module, data: DataBundle, budget: Budget, *, device=None,
         checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 0,
         resume: bool = False, stop_at: int | None = None, progress: bool | None = None,
-        num_workers: int = 0) -> History:
+        num_workers: int = 0, cache: str | os.PathLike | None = None) -> History:
     """Train ``model`` on ``data.train`` for ``budget.steps`` steps; return the :class:`History`.
 
     checkpoint / checkpoint_every: where and how often to save (also saved at the end);
     resume: continue from ``checkpoint`` if it exists; stop_at: stop after that many steps (as
     if interrupted; the checkpoint lets a later call finish the run).  The final test metrics
     are computed only when the run reaches ``budget.steps``.
+    cache: a folder of finished runs.  A run with the same :func:`run_key` (same model, initial
+    weights, budget and data) is loaded instead of retrained, so a later chapter can report
+    against an earlier chapter's model without training it again; ``history.cached`` says so.
     """
+    if cache is not None and stop_at is None:
+        path = Path(cache) / f"run-{run_key(model, data, budget)}.pt"
+        if path.exists():
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            model.load_state_dict(state["model"])
+            history = History.from_dict(state["history"])
+            history.cached = True
+            return history
+        history = fit(model, data, budget, device=device, checkpoint=checkpoint,
+                      checkpoint_every=checkpoint_every, resume=resume, progress=progress,
+                      num_workers=num_workers)
+        if _dist()[0] == 0:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            m = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+            torch.save({"model": {k: v.cpu() for k, v in m.state_dict().items()},
+                        "history": history.to_dict()}, path)
+        return history
     rank, world = _dist()
     show = _show_progress(progress) and rank == 0
     if show:

@@ -41,10 +41,16 @@ def _load_all() -> None:
         importlib.import_module(mod)
 
 
+def _book_order(entry: ModelEntry) -> int:
+    mod = entry.factory.__module__
+    return _MODEL_MODULES.index(mod) if mod in _MODEL_MODULES else len(_MODEL_MODULES)
+
+
 def list_models(paper: str | None = None) -> list[str]:
-    """Registered names in registration (= book) order, optionally only one paper's."""
+    """Registered names in book order (chapter by chapter, then registration order)."""
     _load_all()
-    return [n for n, e in _REGISTRY.items() if paper is None or e.paper == paper]
+    entries = sorted(_REGISTRY.values(), key=_book_order)      # stable: keeps registration order
+    return [e.name for e in entries if paper is None or e.paper == paper]
 
 
 def model_info(name: str) -> ModelEntry:

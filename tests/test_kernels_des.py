@@ -99,3 +99,13 @@ def test_bad_input_is_refused():
         D.des(x, aw, ab, bw, bb, "relu")
     with pytest.raises(ValueError, match="factors"):
         D.des(x, aw, ab[:2], bw, bb)
+
+
+def test_reference_fallback_of_the_op_matches_autograd():
+    x, aw, ab, bw, bb = _inputs(15, 16)(7, torch.float64, torch.Generator().manual_seed(6))
+    with kernels.use_backend("reference"):
+        leaves = [t.clone().requires_grad_() for t in (x, aw, ab, bw, bb)]
+        grads = torch.autograd.grad(D.des(*leaves).square().sum(), leaves)
+    ref_leaves = [t.clone().requires_grad_() for t in (x, aw, ab, bw, bb)]
+    for a, b in zip(grads, torch.autograd.grad(D.des_reference(*ref_leaves).square().sum(), ref_leaves)):
+        torch.testing.assert_close(a, b)

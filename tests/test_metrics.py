@@ -38,3 +38,16 @@ def test_bad_inputs():
         confusion_matrix(torch.zeros(2, 3), torch.zeros(2, 3, dtype=torch.long), 2)
     with pytest.raises(ValueError, match="outside"):
         confusion_matrix(torch.zeros(4, dtype=torch.long), torch.tensor([0, 1, 5, 255]), 3)
+
+
+def test_boundary_mask():
+    from hrvit_edu.train import boundary_mask
+    t = torch.full((1, 6, 6), 10)
+    t[0, 2:4, 2:4] = 3
+    t[0, 0, 5] = 255
+    m = boundary_mask(t)
+    assert m[0, 2:4, 2:4].all() and m[0, 1, 1] and not m[0, 5, 5] and not m[0, 0, 0]
+    assert not m[0, 0, 5]                                   # ignored pixels are never boundary
+    assert m.sum() == 18          # the 4x4 ring around the square + 2 neighbours of the ignored pixel
+    with pytest.raises(ValueError, match="B, H, W"):
+        boundary_mask(t[0])

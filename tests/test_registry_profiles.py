@@ -44,3 +44,10 @@ def test_profiles(monkeypatch):
         get_profile()
     with pytest.raises(ValueError, match="from argument"):
         get_profile("quick")
+
+
+def test_book_order_does_not_depend_on_import_order():
+    import hrvit_edu.models.hrvit  # noqa: F401  (imported first on purpose)
+    names = hrvit_edu.list_models()
+    assert names.index("preface_convnet") < names.index("hrvit_b1")
+    assert hrvit_edu.list_models(paper="hrvit") == ["hrvit_b1", "hrvit_b2", "hrvit_b3", "hrvit_textbook"]

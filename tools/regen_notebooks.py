@@ -10,6 +10,7 @@ CI machine type (2 CPU cores, no GPU): stored outputs must be what CI reproduces
 from __future__ import annotations
 
 import sys
+import tempfile
 from pathlib import Path
 
 import nbformat
@@ -23,9 +24,11 @@ DEFAULT = ["chapters/*.ipynb", "exercises/*.ipynb", "exercises/solutions/*.ipynb
 def main(argv: list[str]) -> int:
     paths = [Path(a) for a in argv] or sorted(p for g in DEFAULT for p in ROOT.glob(g))
     failed = 0
+    # a run cache private to this invocation: chapters share runs, nothing stale survives
+    cache = tempfile.mkdtemp(prefix="hrvit-edu-runs-")
     for path in paths:
         print(f"regenerating {path} ...", flush=True)
-        nb, err = execute_notebook(path.resolve(), HRVIT_EDU_PROFILE="book")
+        nb, err = execute_notebook(path.resolve(), HRVIT_EDU_PROFILE="book", HRVIT_EDU_RUN_CACHE=cache)
         if err:
             print(f"  FAILED: {err}")
             failed += 1

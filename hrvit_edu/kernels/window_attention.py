@@ -23,14 +23,18 @@ def window_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
                                mask_value: float = -100.0) -> torch.Tensor:
     """eqs. (W1)-(W2) with torch ops; fp16/bf16 inputs computed in fp32."""
     _check(q, k, v, valid)
+    s = masked_scores(q, k, valid, scale, mask_value)
+    return torch.matmul(torch.softmax(s, -1), v.to(s.dtype)).to(q.dtype)
+
+
+def masked_scores(q, k, valid, scale, mask_value):
+    """eq. (W1): S = alpha Q K^T + M in fp32 (fp64 for fp64 inputs)."""
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
     s = scale * torch.matmul(q.to(acc), k.to(acc).transpose(-1, -2))
     pad = torch.arange(k.shape[1], device=k.device)[None, None, :] >= valid[:, None, None]
     if mask_value == float("-inf"):
-        s = s.masked_fill(pad, float("-inf"))
-    else:
-        s = s + pad.to(acc) * mask_value
-    return torch.matmul(torch.softmax(s, -1), v.to(acc)).to(q.dtype)
+        return s.masked_fill(pad, float("-inf"))
+    return s + pad.to(acc) * mask_value
 
 
 def _check(q, k, v, valid):
@@ -215,12 +219,9 @@ def window_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid
     """(O, lse) of eqs. (W1)-(W2); lse is what the backward needs."""
     if _use_triton(q):
         return window_attention_forward_triton(q, k, v, valid, scale, mask_value)
-    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
-    s = scale * torch.matmul(q.to(acc), k.to(acc).transpose(-1, -2))
-    pad = torch.arange(k.shape[1], device=k.device)[None, None, :] >= valid[:, None, None]
-    s = s.masked_fill(pad, float("-inf")) if mask_value == float("-inf") else s + pad.to(acc) * mask_value
+    s = masked_scores(q, k, valid, scale, mask_value)
     lse = torch.logsumexp(s, -1)
-    return torch.matmul(torch.exp(s - lse[..., None]), v.to(acc)).to(q.dtype), lse
+    return torch.matmul(torch.exp(s - lse[..., None]), v.to(s.dtype)).to(q.dtype), lse
 
 
 @window_attention_op.register_fake
@@ -238,10 +239,7 @@ def window_attention_backward_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
         return list(window_attention_backward_triton(q, k, v, o, lse, do, valid, scale, mask_value))
     acc = lse.dtype
     qf, kf, vf, of, dof = (t.to(acc) for t in (q, k, v, o, do))
-    s = scale * qf @ kf.transpose(-1, -2)
-    pad = torch.arange(k.shape[1], device=k.device)[None, None, :] >= valid[:, None, None]
-    s = s.masked_fill(pad, float("-inf")) if mask_value == float("-inf") else s + pad.to(acc) * mask_value
-    p = torch.exp(s - lse[..., None])
+    p = torch.exp(masked_scores(q, k, valid, scale, mask_value) - lse[..., None])
     ds = p * (dof @ vf.transpose(-1, -2) - (dof * of).sum(-1, keepdim=True))
     return [(scale * ds @ kf).to(q.dtype), (scale * ds.transpose(-1, -2) @ qf).to(k.dtype),
             (p.transpose(-1, -2) @ dof).to(v.dtype)]

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..data.datasets import DataBundle
-from .metrics import SegMetrics, confusion_matrix, metrics_from_confusion
+from .metrics import SegMetrics, boundary_mask, confusion_matrix, metrics_from_confusion
 
 CHECKPOINT_FORMAT = 1
 
@@ -215,6 +215,23 @@ def evaluate(model: nn.Module, dataset: Dataset, num_classes: int, ignore_index:
         dist.all_reduce(cm)
     model.train(was_training)
     return metrics_from_confusion(cm)
+
+
+@torch.no_grad()
+def boundary_accuracy(model: nn.Module, dataset: Dataset, batch_size: int = 100,
+                      ignore_index: int = 255) -> float:
+    """Pixel accuracy restricted to :func:`boundary_mask` pixels (digit outlines, thin strokes)."""
+    device = next(model.parameters()).device
+    hit = total = 0
+    for s in range(0, len(dataset), batch_size):
+        items = [dataset[i] for i in range(s, min(s + batch_size, len(dataset)))]
+        x = torch.stack([a for a, _ in items]).to(device)
+        y = torch.stack([b for _, b in items])
+        edge = boundary_mask(y, ignore_index)
+        pred = predict(model, x).cpu()
+        hit += (pred[edge] == y[edge]).sum().item()
+        total += edge.sum().item()
+    return hit / max(total, 1)
 
 
 # --------------------------------------------------------------------------------- checkpoints

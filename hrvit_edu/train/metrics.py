@@ -56,3 +56,20 @@ def metrics_from_confusion(cm: torch.Tensor) -> SegMetrics:
     total = cm.sum()
     acc = (tp.sum() / total).item() if total > 0 else float("nan")
     return SegMetrics(miou=miou, pixel_acc=acc, iou=iou.tolist())
+
+
+def boundary_mask(target: torch.Tensor, ignore_index: int | None = 255) -> torch.Tensor:
+    """Pixels whose 3x3 neighbourhood holds another label (the thin band where fine detail lives).
+
+    target (B, H, W) integer -> bool (B, H, W).  Ignored pixels are never boundary pixels.
+    """
+    if target.ndim != 3:
+        raise ValueError(f"boundary_mask expects (B, H, W) labels, got {tuple(target.shape)}")
+    t = target.long()[:, None].float()
+    pad = torch.nn.functional.pad(t, (1, 1, 1, 1), mode="replicate")
+    hi = torch.nn.functional.max_pool2d(pad, 3, 1)
+    lo = -torch.nn.functional.max_pool2d(-pad, 3, 1)
+    edge = (hi != lo)[:, 0]
+    if ignore_index is not None:
+        edge &= target != ignore_index
+    return edge

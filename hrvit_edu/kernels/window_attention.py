@@ -64,6 +64,12 @@ if HAS_TRITON:
     import triton.language as tl
 
     @triton.jit
+    def _load_tile(PTR, base, idx, dd, L, D, ACC: tl.constexpr):
+        """Rows ``idx`` (< L) x head dims ``dd`` (< D) of one window-head, zero elsewhere."""
+        m = (idx[:, None] < L) & (dd[None, :] < D)
+        return tl.load(PTR + base + idx[:, None] * D + dd[None, :], mask=m, other=0.0).to(ACC)
+
+    @triton.jit
     def _scores(q, k, scale, valid, cols, L, MASK_VALUE: tl.constexpr, MASK_NEG_INF: tl.constexpr):
         s = tl.dot(q, tl.trans(k), allow_tf32=False) * scale
         pad_key = cols[None, :] >= valid            # real tokens come first in every window
@@ -82,7 +88,7 @@ if HAS_TRITON:
         dd = tl.arange(0, DP)
         base = g * L * D
         rmask = (rows[:, None] < L) & (dd[None, :] < D)
-        q = tl.load(Q + base + rows[:, None] * D + dd[None, :], mask=rmask, other=0.0).to(ACC)
+        q = _load_tile(Q, base, rows, dd, L, D, ACC)
         scale = tl.load(SCALE + g).to(ACC)
         valid = tl.load(VALID + g)
         m = tl.full((BLOCK_M,), float("-inf"), ACC)
@@ -90,9 +96,8 @@ if HAS_TRITON:
         acc = tl.zeros((BLOCK_M, DP), ACC)
         for start in range(0, L, BLOCK_N):
             cols = start + tl.arange(0, BLOCK_N)
-            cmask = (cols[:, None] < L) & (dd[None, :] < D)
-            k = tl.load(K + base + cols[:, None] * D + dd[None, :], mask=cmask, other=0.0).to(ACC)
-            v = tl.load(V + base + cols[:, None] * D + dd[None, :], mask=cmask, other=0.0).to(ACC)
+            k = _load_tile(K, base, cols, dd, L, D, ACC)
+            v = _load_tile(V, base, cols, dd, L, D, ACC)
             s = _scores(q, k, scale, valid, cols, L, MASK_VALUE, MASK_NEG_INF)
             m_new = tl.maximum(m, tl.max(s, axis=1))
             alpha = tl.exp(m - m_new)
@@ -113,17 +118,16 @@ if HAS_TRITON:
         dd = tl.arange(0, DP)
         base = g * L * D
         cmask = (cols[:, None] < L) & (dd[None, :] < D)
-        k = tl.load(K + base + cols[:, None] * D + dd[None, :], mask=cmask, other=0.0).to(ACC)
-        v = tl.load(V + base + cols[:, None] * D + dd[None, :], mask=cmask, other=0.0).to(ACC)
+        k = _load_tile(K, base, cols, dd, L, D, ACC)
+        v = _load_tile(V, base, cols, dd, L, D, ACC)
         scale = tl.load(SCALE + g).to(ACC)
         valid = tl.load(VALID + g)
         dk = tl.zeros((BLOCK_N, DP), ACC)
         dv = tl.zeros((BLOCK_N, DP), ACC)
         for start in range(0, L, BLOCK_M):
             rows = start + tl.arange(0, BLOCK_M)
-            rmask = (rows[:, None] < L) & (dd[None, :] < D)
-            q = tl.load(Q + base + rows[:, None] * D + dd[None, :], mask=rmask, other=0.0).to(ACC)
-            do = tl.load(DO + base + rows[:, None] * D + dd[None, :], mask=rmask, other=0.0).to(ACC)
+            q = _load_tile(Q, base, rows, dd, L, D, ACC)
+            do = _load_tile(DO, base, rows, dd, L, D, ACC)
             lse = tl.load(LSE + g * L + rows, mask=rows < L, other=0.0)
             delta = tl.load(DELTA + g * L + rows, mask=rows < L, other=0.0)
             s = _scores(q, k, scale, valid, cols, L, MASK_VALUE, MASK_NEG_INF)
@@ -145,8 +149,8 @@ if HAS_TRITON:
         dd = tl.arange(0, DP)
         base = g * L * D
         rmask = (rows[:, None] < L) & (dd[None, :] < D)
-        q = tl.load(Q + base + rows[:, None] * D + dd[None, :], mask=rmask, other=0.0).to(ACC)
-        do = tl.load(DO + base + rows[:, None] * D + dd[None, :], mask=rmask, other=0.0).to(ACC)
+        q = _load_tile(Q, base, rows, dd, L, D, ACC)
+        do = _load_tile(DO, base, rows, dd, L, D, ACC)
         lse = tl.load(LSE + g * L + rows, mask=rows < L, other=0.0)
         delta = tl.load(DELTA + g * L + rows, mask=rows < L, other=0.0)
         scale = tl.load(SCALE + g).to(ACC)
@@ -154,9 +158,8 @@ if HAS_TRITON:
         dq = tl.zeros((BLOCK_M, DP), ACC)
         for start in range(0, L, BLOCK_N):
             cols = start + tl.arange(0, BLOCK_N)
-            cmask = (cols[:, None] < L) & (dd[None, :] < D)
-            k = tl.load(K + base + cols[:, None] * D + dd[None, :], mask=cmask, other=0.0).to(ACC)
-            v = tl.load(V + base + cols[:, None] * D + dd[None, :], mask=cmask, other=0.0).to(ACC)
+            k = _load_tile(K, base, cols, dd, L, D, ACC)
+            v = _load_tile(V, base, cols, dd, L, D, ACC)
             s = _scores(q, k, scale, valid, cols, L, MASK_VALUE, MASK_NEG_INF)
             p = tl.exp(s - lse[:, None])
             dp = tl.dot(do, tl.trans(v), allow_tf32=False)

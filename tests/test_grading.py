@@ -120,18 +120,71 @@ def _sgrad_last_axis(y, dy, dim=-1):
     return y * (dy - (y * dy).sum(-1, keepdim=True))
 
 
-def _l2_no_eps(x):
-    xf = x.float()
-    return (xf / xf.norm(dim=-1, keepdim=True)).to(x.dtype)
+# Kernel questions: the wrong answers are real Triton kernels with one bug each (a torch-only
+# answer is refused outright, see test_grading_integrity.py).
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
 
 
-def _l2_returns_fp32(x):
-    xf = x.float()
-    return xf / xf.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+@triton.jit
+def _l2_kernel_no_eps(X, Y, n_cols, stride_x, stride_y, eps, BLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < n_cols
+    x = tl.load(X + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
+    y = x / tl.sqrt(tl.sum(x * x, axis=0))
+    tl.store(Y + row * stride_y + cols, y.to(Y.dtype.element_ty), mask=mask)
 
 
-def _l2_l1_norm(x):
-    return x / x.abs().sum(-1, keepdim=True).clamp_min(1e-6)
+@triton.jit
+def _l2_kernel_l1(X, Y, n_cols, stride_x, stride_y, eps, BLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < n_cols
+    x = tl.load(X + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
+    y = x / tl.maximum(tl.sum(tl.abs(x), axis=0), eps)
+    tl.store(Y + row * stride_y + cols, y.to(Y.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _l2_kernel_ok(X, Y, n_cols, stride_x, stride_y, eps, BLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < n_cols
+    x = tl.load(X + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
+    y = x / tl.maximum(tl.sqrt(tl.sum(x * x, axis=0)), eps)
+    tl.store(Y + row * stride_y + cols, y.to(Y.dtype.element_ty), mask=mask)
+
+
+def _l2_launcher(kernel, out_dtype=None):
+    def l2_normalize_rows(x):
+        x = x.contiguous()
+        y = torch.empty_like(x, dtype=out_dtype or x.dtype)
+        kernel[(x.shape[0],)](x, y, x.shape[1], x.stride(0), y.stride(0), 1e-6,
+                              BLOCK=triton.next_power_of_2(max(x.shape[1], 16)))
+        return y
+    return l2_normalize_rows
+
+
+@triton.jit
+def _right_kernel_no_bias(X, BW, BB, Y, M, P: tl.constexpr, BLOCK_M: tl.constexpr, PP: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.arange(0, PP)
+    xmask = (rows[:, None] < M) & (cols[None, :] < P)
+    x = tl.load(X + rows[:, None] * P + cols[None, :], mask=xmask, other=0.0).to(tl.float32)
+    wmask = (cols[:, None] < P) & (cols[None, :] < P)
+    bw = tl.load(BW + cols[:, None] * P + cols[None, :], mask=wmask, other=0.0).to(tl.float32)
+    y = tl.dot(x, tl.trans(bw), input_precision="ieee")
+    tl.store(Y + rows[:, None] * P + cols[None, :], y.to(Y.dtype.element_ty), mask=xmask)
+
+
+def _right_launcher(x, B, b_B):
+    x = x.contiguous()
+    m, p = x.shape
+    y = torch.empty_like(x)
+    _right_kernel_no_bias[(triton.cdiv(m, 16),)](x, B.contiguous(), b_B.contiguous(), y, m, P=p, BLOCK_M=16,
+                                                 PP=max(16, triton.next_power_of_2(p)))
+    return y
 
 
 def _kron_no_transpose(A, B, x):
@@ -154,22 +207,20 @@ def _des_no_act(x, A, bA, B, bB):
 
 
 def _stripes_row_major_vertical(x, s, o):
-    from hrvit_edu.models.hrvit import stripe_partition
-    if o == "h":
-        return stripe_partition(x, s, o)
+    """Right for 'h'; for 'v' the tokens of a stripe come out row-major instead of column-major."""
     b, h, w, c = x.shape
+    if o == "h":
+        n = -(-h // s)
+        xp = torch.nn.functional.pad(x, (0, 0, 0, 0, 0, n * s - h))
+        return xp.reshape(b * n, s * w, c), torch.tensor([min(s, h - i * s) * w for i in range(n)] * b)
     n = -(-w // s)
     xp = torch.nn.functional.pad(x, (0, 0, 0, n * s - w))
     win = xp.reshape(b, h, n, s, c).permute(0, 2, 1, 3, 4).reshape(b * n, s * h, c)
-    return win, stripe_partition(x, s, o)[1]
+    return win, torch.tensor([min(s, w - i * s) * h for i in range(n)] * b)
 
 
 def _fuse_relu(hi, lo, down, up):
     return [torch.relu(hi + up(lo)), torch.relu(down(hi) + lo)]
-
-
-def _right_no_bias(x, bw, bb):
-    return (x.float() @ bw.float().T).to(x.dtype)
 
 
 WRONG = [
@@ -179,7 +230,7 @@ WRONG = [
     ("hrvit.des", _des_no_act, "activation GELU"),
     ("hrvit.stripes", _stripes_row_major_vertical, "column-major"),
     ("hrvit.fusion", _fuse_relu, "not HRNet's ReLU"),
-    ("hrvit.des_kernel", _right_no_bias, "max abs error"),
+    ("hrvit.des_kernel", (_right_launcher, _right_kernel_no_bias), "max abs error"),
     ("preface.miou", lambda p, t, k, i=255: torch.zeros(()), "got 0.0000"),
     ("preface.miou", _miou_pixel_acc, "pixel accuracy"),
     ("preface.miou", _miou_no_ignore, "ignore index must be dropped"),
@@ -191,19 +242,20 @@ WRONG = [
     ("preface.softmax_grad", _sgrad_missing_term, "eq. (S2)"),
     ("preface.softmax_grad", _sgrad_last_axis, "reduce over `dim`"),
     ("preface.softmax_grad", lambda y, dy, dim=-1: torch.zeros_like(y), "max abs error"),
-    ("preface.l2norm_kernel", _l2_no_eps, "NaN"),
-    ("preface.l2norm_kernel", _l2_returns_fp32, "dtype float16"),
-    ("preface.l2norm_kernel", _l2_l1_norm, "max abs error"),
+    ("preface.l2norm_kernel", (_l2_launcher(_l2_kernel_no_eps), _l2_kernel_no_eps), "NaN"),
+    ("preface.l2norm_kernel", (_l2_launcher(_l2_kernel_ok, torch.float32), _l2_kernel_ok), "dtype float16"),
+    ("preface.l2norm_kernel", (_l2_launcher(_l2_kernel_l1), _l2_kernel_l1), "max abs error"),
 ]
 
 
 @pytest.mark.parametrize("qid, fn, message", WRONG, ids=[f"{q}-{i}" for i, (q, _, _) in enumerate(WRONG)])
 def test_plausible_wrong_answers_lose_points_with_the_right_message(qid, fn, message):
-    r = grade_function(qid, fn)
+    fn, kernel = fn if isinstance(fn, tuple) else (fn, None)
+    r = grade_function(qid, fn, kernel=kernel, seed=1)
     assert r.points < r.max_points
     assert any(message in m for m in r.messages), r.messages
     assert len(r.messages) <= 3
-    assert grade_function(qid, fn).messages == r.messages          # deterministic
+    assert grade_function(qid, fn, kernel=kernel, seed=1).messages == r.messages    # deterministic
 
 
 def test_every_question_has_a_wrong_answer_fixture():
@@ -267,7 +319,7 @@ def test_check_prints_one_line_and_hints(capsys):
         raise NotImplementedError
     check("preface.miou", mean_iou)
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == "preface.miou: 0/3" and out[1].startswith("  - not attempted yet (0/3)")
+    assert out[0] == "preface.miou: 0/4" and out[1].startswith("  - not attempted yet (0/4)")
     with pytest.raises(KeyError, match="preface.miou"):
         get_question("preface.nope")
 

@@ -1,9 +1,12 @@
-"""Grade an exercise notebook: execute it in a fresh kernel and print a score per question.
+"""Grade an exercise notebook: its answers run in a sandboxed child process, every point is
+computed here.
 
     python -m hrvit_edu.grading exercises/00_preface.ipynb
     python -m hrvit_edu.grading exercises/00_preface.ipynb --json
 
 Exit status 0 whenever grading itself worked, whatever the score; 2 if it could not grade.
+Grading executes the notebook's code with your rights: never grade someone else's notebook
+outside a container (docs/grading.md).
 """
 from __future__ import annotations
 
@@ -11,11 +14,11 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
-from . import RESULTS_ENV, format_table
+from . import format_table
 from .core import QuestionResult, questions
+from .sandbox import CELL_LIMIT, grade_questions
 
 
 def chapter_of(nb, path: Path) -> str:
@@ -26,64 +29,54 @@ def chapter_of(nb, path: Path) -> str:
     return stem[1] if len(stem) == 2 and stem[0].isdigit() else path.stem
 
 
-def grade_notebook(path: Path, timeout: int = 600) -> tuple[str, list[QuestionResult]]:
-    """Execute ``path`` (errors allowed) and collect the last result of every question."""
+def grade_notebook(path: Path, *, only: list[str] | None = None, seed: int | None = None,
+                   cell_limit: float = CELL_LIMIT) -> tuple[str, list[QuestionResult], list[str]]:
+    """Grade every question of the notebook's chapter (or the ids in ``only``).
+
+    Returns the chapter, one result per question, and notes about loading (skipped cells).
+    """
     import nbformat
-    from nbclient import NotebookClient
 
-    from ..book import EXECUTION_ENV, _environ
-
+    path = Path(path).resolve()
     nb = nbformat.read(path, as_version=4)
     chapter = chapter_of(nb, path)
     qs = questions(chapter)
     if not qs:
         raise ValueError(f"no graded questions for chapter {chapter!r} ({path.name})")
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "results.jsonl"
-        out.touch()
-        client = NotebookClient(nb, timeout=timeout, kernel_name="python3", allow_errors=True,
-                                record_timing=False, resources={"metadata": {"path": str(path.parent)}})
-        problem = None
-        with _environ(**EXECUTION_ENV, **{RESULTS_ENV: str(out)}):
-            try:
-                client.execute()
-            except Exception as e:  # noqa: BLE001 - a cell time-out or a dead kernel
-                problem = f"the notebook stopped early ({type(e).__name__})"
-        recorded = {}
-        for line in out.read_text().splitlines():
-            d = json.loads(line)
-            recorded[d["id"]] = QuestionResult(**d)
-    results = []
-    for q in qs:
-        if q.id in recorded:
-            results.append(recorded[q.id])
-        else:
-            why = problem or "its check cell did not run (was it deleted, or did an earlier cell fail?)"
-            results.append(QuestionResult(q.id, 0, q.max_points, [f"not graded: {why}"]))
-    return chapter, results
+    if only:
+        unknown = sorted(set(only) - {q.id for q in qs})
+        if unknown:
+            raise ValueError(f"unknown question(s) for chapter {chapter!r}: {', '.join(unknown)}")
+        qs = [q for q in qs if q.id in only]
+    results, notes = grade_questions(path, qs, seed=seed, cell_limit=cell_limit)
+    return chapter, results, notes
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("notebook", type=Path)
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    ap.add_argument("--timeout", type=int, default=600, help="per-cell timeout in seconds")
+    ap.add_argument("--only", action="append", metavar="QID", help="grade only this question (repeatable)")
+    ap.add_argument("--cell-timeout", type=float, default=CELL_LIMIT,
+                    help="seconds a notebook cell may take while the answers load")
     args = ap.parse_args(argv)
     if not args.notebook.exists():
         print(f"no such notebook: {args.notebook}", file=sys.stderr)
         return 2
     try:
-        chapter, results = grade_notebook(args.notebook.resolve(), args.timeout)
+        chapter, results, notes = grade_notebook(args.notebook, only=args.only, cell_limit=args.cell_timeout)
     except Exception as e:  # noqa: BLE001
         print(f"could not grade {args.notebook}: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
     score, top = sum(r.points for r in results), sum(r.max_points for r in results)
     if args.json:
         print(json.dumps({"notebook": args.notebook.name, "chapter": chapter, "score": score,
-                          "max_score": top, "questions": [r.as_dict() for r in results]}))
+                          "max_score": top, "questions": [r.as_dict() for r in results], "notes": notes}))
     else:
         print(f"{args.notebook.name} ({chapter})")
         print(format_table(results))
+        for note in notes:
+            print(f"note: {note}")
     return 0
 
 

@@ -1,18 +1,31 @@
 """The grader's core: questions made of checks, run so that nothing a reader writes can break it.
 
 A *question* (e.g. ``"preface.miou"``) names the function the reader implements and holds a few
-*checks*.  Each check gets the reader's function, returns ``None`` (pass) or raises
-:class:`CheckFailed` with one actionable message, and is worth some points (partial credit).
+*checks*.  Each check gets an :class:`~hrvit_edu.grading.answers.Answer` -- a callable that runs
+the reader's function under the question's rules -- and returns ``None`` (pass) or raises
+:class:`CheckFailed` with one actionable message.  Checks are worth points (partial credit).
 
-Running a check never raises: exceptions, wrong types, NaNs, warnings and time-outs become a
-score and a message.  ``NotImplementedError`` (an untouched stub) reads "not attempted yet".
-Messages are deterministic: no addresses, timings or paths.
+Where the reader's code runs is the answer's business: in the notebook's own process for
+``check("q")`` (convenient, not tamper-proof), in a separate process the grader can kill for
+``python -m hrvit_edu.grading`` (the score that counts; see ``sandbox.py``).  Either way the
+checks, the references and the points live here, in the grader's process, and the score is the
+sum of the points of the checks that passed: never more than the question's maximum.
+
+Running a question never raises: exceptions, wrong types, NaNs, warnings, ``sys.exit`` and
+time-outs become a score and a message.  ``NotImplementedError`` (an untouched stub) reads
+"not attempted yet".  Messages are deterministic: no addresses, timings or paths.
+
+Every question also has checks on *hidden* inputs: sizes and values drawn from a seed made fresh
+for each grading run (:func:`hidden_generator`), so no hard-coded output can pass them.
 """
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
+import random
 import re
+import secrets
 import signal
 import threading
 import warnings
@@ -28,24 +41,53 @@ class CheckFailed(AssertionError):
     """Raised by a check with the message the reader will see."""
 
 
-class CheckTimeout(Exception):
-    pass
+class AnswerUnusable(CheckFailed):
+    """The answer cannot be graded at all (no such function, not a function): said once."""
+
+
+class CheckTimeout(BaseException):
+    """The reader's code ran past the check's time limit.
+
+    A ``BaseException`` so that an answer's ``except Exception: continue`` cannot swallow it
+    (in-process limits only; the grading sandbox kills the answer's process instead).
+    """
+
+
+class AnswerRaised(Exception):
+    """The reader's code raised; carries the exception's type *name* and a cleaned message
+    (the exception itself may live in another process)."""
+
+    def __init__(self, type_name: str, message: str):
+        super().__init__(message)
+        self.type_name, self.message = type_name, message
 
 
 @dataclasses.dataclass(frozen=True)
 class Check:
     name: str                                  # short, shown in messages: "ignore index"
     points: int
-    fn: Callable[[Callable], None]             # raises CheckFailed, or returns None on success
+    fn: Callable[..., None]                    # fn(answer): raises CheckFailed, or returns None
 
 
 @dataclasses.dataclass(frozen=True)
 class Question:
+    """A graded question.
+
+    ``function``   the name the reader defines in the notebook (what ``answer(...)`` calls).
+    ``kernel``     the name of a ``@triton.jit`` function the checks launch themselves.
+    ``forbidden``  torch functions/ops the answer may not call, e.g. ``"torch.kron"``,
+                   ``"torch.Tensor.kron"``, ``"torch.ops.hrvit_edu.des"``.
+    ``off_limits`` package functions, classes or modules that stop working while the answer
+                   runs ("write this yourself"), e.g. ``"hrvit_edu.models.hrvit.stripe_partition"``.
+    """
     id: str                                    # "<chapter>.<name>"
     title: str
-    function: str                              # the name the reader defines in the notebook
+    function: str
     checks: tuple[Check, ...]
     time_limit: float = DEFAULT_TIME_LIMIT
+    kernel: str | None = None
+    forbidden: tuple[str, ...] = ()
+    off_limits: tuple[str, ...] = ()
 
     @property
     def chapter(self) -> str:
@@ -96,12 +138,28 @@ def get_question(qid: str) -> Question:
     return known[qid]
 
 
+# ------------------------------------------------------------------------------ hidden inputs
+_HIDDEN_SEED: contextvars.ContextVar[int] = contextvars.ContextVar("hidden_seed", default=0)
+
+
+def hidden_generator(salt: int = 0) -> torch.Generator:
+    """A generator seeded from this grading run's secret seed (fresh unless the run fixes it)."""
+    return torch.Generator().manual_seed((_HIDDEN_SEED.get() * 1_000_003 + salt) % (2 ** 63))
+
+
+def hidden_rng(salt: int = 0) -> random.Random:
+    """Python-level draws (sizes, steps) from the same secret seed."""
+    return random.Random(_HIDDEN_SEED.get() * 1_000_003 + salt)
+
+
 # ------------------------------------------------------------------------------ time limits
 @contextlib.contextmanager
 def time_limit(seconds: float):
     """Raise :class:`CheckTimeout` in the block after ``seconds`` (POSIX main thread: SIGALRM).
 
-    Elsewhere (Windows, worker threads) the block runs without a limit.
+    Best effort, for in-process checks: an answer that blocks or ignores SIGALRM defeats it,
+    which is why the command-line grader runs answers in a process it can kill.  Elsewhere
+    (Windows, worker threads) the block runs without a limit.
     """
     usable = hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
     if not usable or seconds <= 0:
@@ -123,48 +181,73 @@ def time_limit(seconds: float):
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+|/[^\s'\"]+/")
 
 
-def _clean(text: str, limit: int = 160) -> str:
-    text = _ADDRESS.sub("", str(text).strip().splitlines()[0] if str(text).strip() else "")
+def clean_message(text, limit: int = 160) -> str:
+    """First line, no addresses or paths, at most ``limit`` characters."""
+    text = str(text).strip()
+    text = _ADDRESS.sub("", text.splitlines()[0] if text else "")
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def run_question(question: Question, fn: Callable | None) -> QuestionResult:
-    """Run every check of ``question`` on ``fn``; never raises."""
-    if fn is None:
-        return QuestionResult(question.id, 0, question.max_points,
-                              [f"define a function named `{question.function}` first"])
-    if not callable(fn):
-        return QuestionResult(question.id, 0, question.max_points,
-                              [f"`{question.function}` should be a function, got {type(fn).__name__}"])
+def _describe_raised(e: AnswerRaised) -> str:
+    if e.type_name == "RecursionError":
+        return "infinite recursion"
+    if e.type_name == "SystemExit":
+        return "your code called sys.exit(): an answer must return a value, not end the process"
+    return f"your code raised {e.type_name}: {e.message}" if e.message else f"your code raised {e.type_name}"
+
+
+def run_question(question: Question, answer, *, seed: int | None = None) -> QuestionResult:
+    """Run every check of ``question`` against ``answer``; never raises.
+
+    ``answer`` is an :class:`~hrvit_edu.grading.answers.Answer` (or a plain callable, wrapped in
+    one for in-process grading).  ``seed`` fixes the hidden inputs (tests); by default each run
+    draws a fresh one.
+    """
+    from .answers import Answer, LocalAnswer
+
+    if not isinstance(answer, Answer):
+        answer = LocalAnswer.from_callable(question, answer)
+    token = _HIDDEN_SEED.set(secrets.randbits(62) if seed is None else int(seed))
     points, messages, not_attempted = 0, [], False
-    for check in question.checks:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                with time_limit(question.time_limit), torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(0)
-                    check.fn(fn)
-                points += check.points
-            except NotImplementedError:
-                not_attempted = True
-            except CheckFailed as e:
-                messages.append(f"{check.name}: {_clean(e, 200)}")
-            except CheckTimeout:
-                messages.append(f"{check.name}: timed out after {question.time_limit:g} s "
-                                "(an infinite loop, or far too slow?)")
-            except RecursionError:
-                messages.append(f"{check.name}: infinite recursion")
-            except Exception as e:   # noqa: BLE001 - the reader's code may raise anything
-                messages.append(f"{check.name}: your code raised {type(e).__name__}: {_clean(e)}")
-        if caught:
-            w = caught[0]
-            messages.append(f"{check.name}: your code warned {w.category.__name__}: {_clean(w.message)}")
+    try:
+        for check in question.checks:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                try:
+                    with answer.time_limit(question.time_limit), torch.random.fork_rng(devices=[]):
+                        torch.manual_seed(0)
+                        check.fn(answer)
+                    points += check.points
+                except NotImplementedError:
+                    not_attempted = True
+                except AnswerUnusable as e:
+                    messages.append(clean_message(e, 200))
+                except CheckFailed as e:
+                    messages.append(f"{check.name}: {clean_message(e, 200)}")
+                except CheckTimeout:
+                    messages.append(f"{check.name}: timed out after {question.time_limit:g} s "
+                                    "(an infinite loop, or far too slow?)")
+                except AnswerRaised as e:
+                    messages.append(f"{check.name}: {_describe_raised(e)}")
+                except RecursionError:
+                    messages.append(f"{check.name}: infinite recursion")
+                except Exception as e:   # noqa: BLE001 - a check tripping over an odd result
+                    messages.append(f"{check.name}: your code raised {type(e).__name__}: {clean_message(e)}")
+                except BaseException as e:   # noqa: BLE001 - KeyboardInterrupt/SystemExit in-process
+                    messages.append(f"{check.name}: your code raised {type(e).__name__}")
+            if caught:
+                w = caught[0]
+                messages.append(f"{check.name}: your code warned {w.category.__name__}: "
+                                f"{clean_message(w.message)}")
+    finally:
+        _HIDDEN_SEED.reset(token)
     if not_attempted and points == 0:
         messages = [f"not attempted yet (0/{question.max_points}): replace the "
-                    f"`raise NotImplementedError` in `{question.function}`"]
-    # keep at most three messages, first come first
+                    f"`raise NotImplementedError` in `{question.function}`"
+                    + (f" and in `{question.kernel}`" if question.kernel else "")]
+    points = min(points, question.max_points)
     seen, unique = set(), []
-    for m in messages:
+    for m in messages:                     # keep at most three messages, first come first
         if m not in seen:
             seen.add(m)
             unique.append(m)

@@ -8,7 +8,12 @@ import torch.nn.functional as F
 from ...kernels import HAS_TRITON, triton_usable
 from ...models.hrvit import DES, CrossResolutionFusion, stripe_partition
 from ..compare import assert_matches, expect_tensor
-from ..core import Check, CheckFailed, Question, register
+from ..core import Check, CheckFailed, Question, hidden_generator, hidden_rng, register
+
+_OWN = "hrvit_edu.grading.checks.hrvit"
+# The fold and DES questions re-implement what these compute: none of them may be called.
+_DES_PACKAGE = ("hrvit_edu.kernels.des", "hrvit_edu.models.hrvit.DES", _OWN)
+_DES_CALLS = ("torch.kron", "torch.Tensor.kron", "torch.ops.hrvit_edu.des", "torch.ops.hrvit_edu.des_backward")
 
 
 def _gen(seed):
@@ -29,6 +34,13 @@ def _kron_check(fn, k, p, batch, seed, hint):
                    what=f"(A kron B) x for K={k}, P={p}", hint=hint)
 
 
+def _kron_hidden(fn):
+    rng = hidden_rng(10)
+    for _ in range(3):
+        batch = tuple(rng.randint(1, 4) for _ in range(rng.randint(0, 2)))
+        _kron_check(fn, rng.randint(1, 9), rng.randint(1, 9), batch, rng.randrange(2 ** 31), "")
+
+
 _FOLD_HINT = "fold x[k*P + p] = X[k, p]: A mixes rows (K), B mixes columns (P): A X B^T"
 
 register(Question("hrvit.kron_fold", "(A kron B) x without forming A kron B", "kron_matvec", (
@@ -36,7 +48,8 @@ register(Question("hrvit.kron_fold", "(A kron B) x without forming A kron B", "k
     Check("K != P", 1, lambda fn: _kron_check(fn, 3, 5, (), 1, _FOLD_HINT)),
     Check("batched tokens", 1, lambda fn: _kron_check(fn, 6, 8, (2, 7), 2,
                                                        "x may carry leading batch dims (..., K*P)")),
-)))
+    Check("hidden sizes", 1, lambda fn: _kron_hidden(fn)),
+), forbidden=_DES_CALLS, off_limits=_DES_PACKAGE))
 
 
 # ------------------------------------------------------------------------------ 2. DES
@@ -80,27 +93,42 @@ def _des_linear_case(fn):
 
 def _des_grad(fn):
     d = _des_module(64, 4)
-    x = torch.randn(3, 64, generator=_gen(4), dtype=torch.float64, requires_grad=True)
-    out = expect_tensor(_des_call(fn, d, x))
-    if not out.requires_grad:
+    x = torch.randn(3, 64, generator=_gen(4), dtype=torch.float64)
+    up = torch.randn(3, 64, generator=_gen(5), dtype=torch.float64)
+    params = [t.detach() for t in (d.left.weight, d.left.bias, d.right.weight, d.right.bias)]
+    out, g = fn.with_grad((x, *params), 0, up)
+    expect_tensor(out)
+    if g is None:
         raise CheckFailed("the output does not depend differentiably on x (did you detach or use numpy?)")
-    up = torch.randn(out.shape, generator=_gen(5), dtype=torch.float64)
-    (g,) = torch.autograd.grad(out, x, up)
     x2 = x.detach().requires_grad_()
     (g2,) = torch.autograd.grad(d(x2), x2, up)
     assert_matches(g, g2, atol=1e-9, rtol=1e-9, what="gradient w.r.t. x")
+
+
+def _des_hidden(fn):
+    rng = hidden_rng(11)
+    for i in range(3):
+        k, p = rng.randint(1, 8), rng.randint(1, 8)
+        g = hidden_generator(11 + i)
+        A, B = torch.randn(k, k, generator=g, dtype=torch.float64), torch.randn(p, p, generator=g, dtype=torch.float64)
+        bA, bB = torch.randn(k, generator=g, dtype=torch.float64), torch.randn(p, generator=g, dtype=torch.float64)
+        x = torch.randn(*[rng.randint(1, 4) for _ in range(rng.randint(0, 2))], k * p, generator=g, dtype=torch.float64)
+        X = x.reshape(*x.shape[:-1], k, p)
+        want = (A @ F.gelu(X @ B.T + bB) + bA[:, None]).reshape(x.shape)
+        assert_matches(fn(x, A, bA, B, bB), want, atol=1e-9, rtol=1e-9, what=f"DES(x) for K={k}, P={p}")
 
 
 register(Question("hrvit.des", "the DES forward pass, eq. (D1)", "des_forward", (
     Check("random tokens", 1, _des_forward),
     Check("activation between the factors", 1, _des_linear_case),
     Check("gradient w.r.t. x", 1, _des_grad),
-)))
+    Check("hidden sizes", 1, _des_hidden),
+), forbidden=_DES_CALLS, off_limits=_DES_PACKAGE))
 
 
 # ------------------------------------------------------------------------------ 3. stripes
 def _stripe_check(fn, h, w, s, o, hint):
-    x = torch.randn(2, h, w, 3, generator=_gen(h * 31 + w))
+    x = torch.randn(2, h, w, 3, generator=_gen(h * 31 + w + 1000 * s))
     want_win, want_valid = stripe_partition(x, s, o)
     got = fn(x.clone(), s, o)
     if not (isinstance(got, tuple) and len(got) == 2):
@@ -112,6 +140,12 @@ def _stripe_check(fn, h, w, s, o, hint):
                           "holds fewer real tokens when the side is not a multiple of s")
 
 
+def _stripe_hidden(fn):
+    rng = hidden_rng(12)
+    for o in ("h", "v", "h", "v"):
+        _stripe_check(fn, rng.randint(1, 13), rng.randint(1, 13), rng.randint(1, 5), o, "")
+
+
 register(Question("hrvit.stripes", "cross-shaped stripe windows with zero padding", "stripe_windows", (
     Check("horizontal, exact fit", 1, lambda fn: _stripe_check(fn, 6, 5, 2, "h",
                                                                 "horizontal stripes: s rows x W, tokens row-major")),
@@ -120,24 +154,26 @@ register(Question("hrvit.stripes", "cross-shaped stripe windows with zero paddin
     Check("vertical, padded", 1, lambda fn: _stripe_check(
         fn, 5, 7, 3, "v", "vertical windows are column-major: all H rows of a stripe's first column first, "
                           "padding on the right")),
-)))
+    Check("hidden sizes", 1, lambda fn: _stripe_hidden(fn)),
+), off_limits=("hrvit_edu.models.hrvit.stripe_partition", "hrvit_edu.models.hrvit.stripe_merge", _OWN)))
 
 
 # ------------------------------------------------------------------------------ 4. fusion
-def _fusion_setup(seed):
+def _fusion_setup(seed, c=(8, 16), size=(6, 5)):
     torch.manual_seed(seed)
-    f = CrossResolutionFusion([8, 16]).double().eval()
+    f = CrossResolutionFusion(list(c)).double().eval()
     for mod in f.modules():
         if isinstance(mod, torch.nn.BatchNorm2d):
             torch.nn.init.uniform_(mod.weight, 0.5, 1.5)
             torch.nn.init.normal_(mod.bias)
-    hi = torch.randn(2, 8, 12, 10, generator=_gen(seed), dtype=torch.float64)
-    lo = torch.randn(2, 16, 6, 5, generator=_gen(seed + 1), dtype=torch.float64)
+    h, w = size
+    hi = torch.randn(2, c[0], 2 * h, 2 * w, generator=_gen(seed), dtype=torch.float64)
+    lo = torch.randn(2, c[1], h, w, generator=_gen(seed + 1), dtype=torch.float64)
     return f, hi, lo
 
 
-def _fusion_check(fn, seed, which):
-    f, hi, lo = _fusion_setup(seed)
+def _fusion_check(fn, seed, which, c=(8, 16), size=(6, 5)):
+    f, hi, lo = _fusion_setup(seed, c, size)
     with torch.no_grad():
         want = f([hi, lo])
         got = fn(hi, lo, f.paths[1][0], f.paths[0][1])
@@ -148,13 +184,23 @@ def _fusion_check(fn, seed, which):
                    what=("high-resolution output", "low-resolution output")[which], hint=hint)
 
 
+def _fusion_hidden(fn):
+    rng = hidden_rng(13)
+    for which in (0, 1):
+        _fusion_check(fn, rng.randrange(10 ** 6), which, (rng.randint(1, 12), rng.randint(1, 12)),
+                      (rng.randint(1, 9), rng.randint(1, 9)))
+
+
 register(Question("hrvit.fusion", "cross-resolution fusion of two branches, eq. (X1)", "fuse_two", (
     Check("high-resolution output", 1, lambda fn: _fusion_check(fn, 0, 0)),
     Check("low-resolution output", 1, lambda fn: _fusion_check(fn, 1, 1)),
-)))
+    Check("hidden sizes", 1, lambda fn: _fusion_hidden(fn)),
+), off_limits=("hrvit_edu.models.hrvit.CrossResolutionFusion", _OWN)))
 
 
 # ------------------------------------------------------------------------------ 5. kernel piece
+# The grader launches the reader's kernel itself (its grid, its buffers, P it chooses), then
+# requires the launcher to have launched it: a torch-only answer scores nothing here.
 def _right_ref(x, bw, bb):
     return (x.float() @ bw.float().T + bb.float()).to(x.dtype)
 
@@ -164,21 +210,42 @@ def _kernel_ready():
         raise CheckFailed("Triton is not usable here (it is Linux-only); this question needs it")
 
 
+def _right_inputs(m, p, dtype, seed):
+    g = _gen(seed)
+    x = torch.randn(m, p, generator=g).to(dtype)
+    return x, torch.randn(p, p, generator=g).to(dtype), torch.randn(p, generator=g).to(dtype)
+
+
+def _right_direct(fn):
+    _kernel_ready()
+    rng = hidden_rng(14)
+    for m, p in [(32, 16), (21, 8)] + [(rng.randint(1, 50), rng.choice([4, 8, 12, 16, 24])) for _ in range(2)]:
+        x, bw, bb = _right_inputs(m, p, torch.float32, rng.randrange(2 ** 31))
+        y = torch.full_like(x, float("nan"))
+        pp = max(16, 1 << (p - 1).bit_length())
+        out = fn.launch(((m + 15) // 16,), x, bw, bb, y, m, P=p, BLOCK_M=16, PP=pp)
+        assert_matches(out[3], _right_ref(x, bw, bb), atol=1e-4, rtol=1e-4,
+                       what=f"what your kernel stored for M={m}, P={p}",
+                       hint="launched as right_factor_kernel[(cdiv(M, 16),)](X, BW, BB, Y, M, P=P, BLOCK_M=16, "
+                            "PP=PP): mask rows >= M and columns >= P")
+
+
 def _right_check(fn, m, p, dtype, atol, hint):
     _kernel_ready()
-    g = _gen(m * 7 + p)
-    x = torch.randn(m, p, generator=g).to(dtype)
-    bw, bb = torch.randn(p, p, generator=g).to(dtype), torch.randn(p, generator=g).to(dtype)
-    assert_matches(fn(x.clone(), bw, bb), _right_ref(x, bw, bb), atol=atol, rtol=atol,
+    x, bw, bb = _right_inputs(m, p, dtype, m * 7 + p)
+    got = fn(x.clone(), bw, bb)
+    fn.require_launched()
+    assert_matches(got, _right_ref(x, bw, bb), atol=atol, rtol=atol,
                    what=f"Y for M={m}, P={p}, {str(dtype).replace('torch.', '')}", hint=hint)
 
 
 register(Question("hrvit.des_kernel", "the DES kernel's right factor: Y = X B^T + b_B in Triton",
                   "right_factor", (
+    Check("your kernel, launched by the grader", 1, _right_direct),
     Check("M a multiple of the block", 1, lambda fn: _right_check(fn, 32, 16, torch.float32, 1e-4,
                                                                  "Y = X @ B^T: transpose B inside tl.dot")),
     Check("ragged M and P = 8", 1, lambda fn: _right_check(
         fn, 21, 8, torch.float32, 1e-4, "pad P to 16 for tl.dot and mask rows >= M and columns >= P")),
     Check("fp16 in, fp16 out", 1, lambda fn: _right_check(fn, 19, 16, torch.float16, 3e-3,
                                                           "accumulate in fp32, store in the input dtype")),
-), time_limit=60.0))
+), time_limit=60.0, kernel="right_factor_kernel", off_limits=_DES_PACKAGE))

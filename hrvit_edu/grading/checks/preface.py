@@ -14,7 +14,10 @@ from ...data import BACKGROUND, SceneConfig, generate
 from ...kernels import HAS_TRITON, triton_usable
 from ...train import Budget, confusion_matrix, lr_factor, metrics_from_confusion
 from ..compare import assert_matches, expect_float, expect_tensor
-from ..core import Check, CheckFailed, Question, register
+from ..core import Check, CheckFailed, Question, hidden_generator, hidden_rng, register
+
+# The references below live in this module: no answer may call them (nor the package's own).
+_OWN = "hrvit_edu.grading.checks.preface"
 
 
 # ------------------------------------------------------------------------------ 1. mIoU
@@ -73,11 +76,25 @@ def _miou_absent(fn):
          "a class absent from labels and predictions has IoU 0/0: leave it out of the mean")])
 
 
+def _miou_hidden(fn):
+    rng, g = hidden_rng(1), hidden_generator(1)
+    for _ in range(3):
+        k = rng.randint(2, 12)
+        shape = tuple(rng.randint(1, 9) for _ in range(rng.randint(1, 4)))
+        target = torch.randint(0, k, shape, generator=g)
+        pred = torch.where(torch.rand(shape, generator=g) < 0.5, target, torch.randint(0, k, shape, generator=g))
+        target[torch.rand(shape, generator=g) < 0.2] = 255
+        if (target != 255).sum() == 0:
+            target.view(-1)[0] = 0
+        _miou_close(fn, pred, target, k)
+
+
 register(Question("preface.miou", "mean IoU from a confusion matrix", "mean_iou", (
     Check("random label maps", 1, _miou_random),
     Check("ignore index", 1, _miou_ignore),
     Check("absent classes", 1, _miou_absent),
-)))
+    Check("hidden label maps", 1, _miou_hidden),
+), off_limits=("hrvit_edu.train.metrics", "hrvit_edu.train.engine.evaluate", _OWN)))
 
 
 # ------------------------------------------------------------------------------ 2. schedule
@@ -94,6 +111,16 @@ def _lr_compare(fn, steps, total=100, warmup=10, base=3e-3, r=0.05, hint=""):
                               f"expected {want:.6g}" + (f" - {hint}" if hint else ""))
 
 
+def _lr_hidden(fn):
+    rng = hidden_rng(2)
+    for _ in range(3):
+        warmup = rng.randint(1, 30)
+        total = warmup + rng.randint(5, 400)
+        steps = sorted(rng.sample(range(0, total + 50), 8))
+        _lr_compare(fn, steps, total=total, warmup=warmup, base=rng.uniform(1e-4, 1e-1),
+                    r=rng.choice([0.0, 0.01, 0.1, 0.5]))
+
+
 register(Question("preface.lr_schedule", "warm-up + cosine learning rate, eq. (T1)", "warmup_cosine", (
     Check("warm-up", 1, lambda fn: _lr_compare(
         fn, [0, 4, 9], hint="warm-up is linear and reaches base_lr at step warmup-1: (step + 1) / warmup_steps")),
@@ -102,7 +129,8 @@ register(Question("preface.lr_schedule", "warm-up + cosine learning rate, eq. (T
     Check("floor", 1, lambda fn: _lr_compare(
         fn, [100, 150], total=100, warmup=0, r=0.1,
         hint="after the last step the rate stays at min_lr_ratio * base_lr")),
-)))
+    Check("hidden schedules", 1, _lr_hidden),
+), off_limits=("hrvit_edu.train.engine.lr_factor", _OWN)))
 
 
 # ------------------------------------------------------------------------------ 3. boxes
@@ -158,11 +186,24 @@ def _boxes_single_pixel(fn):
     _boxes_compare(fn, m, hint="ends are exclusive like slicing: one pixel at (3, 5) has box (3, 5, 4, 6)")
 
 
+def _boxes_hidden(fn):
+    rng = hidden_rng(3)
+    for _ in range(4):
+        h, w = rng.randint(2, 40), rng.randint(2, 40)
+        m = np.full((h, w), BACKGROUND, np.int64)
+        for _ in range(rng.randint(0, 6)):
+            y0, x0 = rng.randrange(h), rng.randrange(w)
+            y1, x1 = rng.randint(y0 + 1, h), rng.randint(x0 + 1, w)
+            m[y0:y1, x0:x1] = rng.choice([rng.randrange(10), 255])
+        _boxes_compare(fn, m)
+
+
 register(Question("preface.digit_boxes", "bounding box of every digit class in a label map", "class_boxes", (
     Check("DigitScenes label maps", 1, _boxes_scenes),
     Check("background and ignore", 1, _boxes_background),
     Check("exclusive ends", 1, _boxes_single_pixel),
-)))
+    Check("hidden label maps", 1, _boxes_hidden),
+), off_limits=(_OWN,)))
 
 
 # ------------------------------------------------------------------------------ 4. softmax grad
@@ -217,14 +258,33 @@ def _sgrad_gradcheck(fn):
         raise CheckFailed("rows of dx must sum to 0 (softmax outputs always sum to 1)")
 
 
+def _sgrad_hidden(fn):
+    rng, g = hidden_rng(4), hidden_generator(4)
+    for _ in range(3):
+        shape = tuple(rng.randint(1, 9) for _ in range(rng.randint(1, 4)))
+        dim = rng.randrange(-len(shape), len(shape))
+        y = torch.softmax(3 * torch.randn(shape, generator=g, dtype=torch.float64), dim)
+        dy = torch.randn(shape, generator=g, dtype=torch.float64)
+        assert_matches(fn(y, dy, dim), _softmax_vjp(y, dy, dim), atol=1e-9, rtol=1e-7,
+                       what=f"dx for shape {shape}, dim {dim}")
+
+
+# dx needs only y and dy: recomputing a softmax, or asking autograd, is not the exercise.
+_SOFTMAX_CALLS = ("torch.softmax", "torch.Tensor.softmax", "torch.nn.functional.softmax",
+                  "torch.log_softmax", "torch.Tensor.log_softmax", "torch.nn.functional.log_softmax",
+                  "torch._softmax_backward_data", "torch.ops.hrvit_edu.softmax_rows_backward")
+
 register(Question("preface.softmax_grad", "softmax backward, eq. (S2)", "softmax_backward", (
     Check("random inputs", 1, _sgrad_random),
     Check("any axis", 1, _sgrad_dim),
     Check("gradcheck and zero-sum identity", 1, _sgrad_gradcheck),
-)))
+    Check("hidden shapes and axes", 1, _sgrad_hidden),
+), forbidden=_SOFTMAX_CALLS, off_limits=("hrvit_edu.kernels.softmax", _OWN)))
 
 
 # ------------------------------------------------------------------------------ 5. kernel
+# The checks launch the reader's @triton.jit kernel themselves (our grid, our buffers), then call
+# the launcher and require that it launched that kernel: plain torch cannot pass either.
 EPS = 1e-6
 
 
@@ -238,32 +298,59 @@ def _needs_kernel_runtime():
         raise CheckFailed("Triton is not usable here (it is Linux-only); this question needs it")
 
 
+def _block(n):
+    return 1 << max(4, (n - 1).bit_length())
+
+
+def _l2_launch(fn, x, hint):
+    y = torch.full_like(x, float("nan"))
+    out = fn.launch((x.shape[0],), x, y, x.shape[1], x.stride(0), y.stride(0), EPS, BLOCK=_block(x.shape[1]))
+    assert_matches(out[1], _l2_ref(x), atol=1e-5, rtol=1e-4,
+                   what=f"what your kernel stored for shape {tuple(x.shape)}", hint=hint)
+
+
+def _l2_kernel_direct(fn):
+    _needs_kernel_runtime()
+    rng, g = hidden_rng(5), hidden_generator(5)
+    shapes = [(3, 17), (2, 16)] + [(rng.randint(1, 6), rng.randint(1, 70)) for _ in range(2)]
+    for shape in shapes:
+        _l2_launch(fn, torch.randn(shape, generator=g),
+                   "launched as l2norm_kernel[(rows,)](X, Y, n_cols, stride_x, stride_y, eps, BLOCK=...): "
+                   "mask = cols < n_cols, one program per row")
+
+
+def _l2_launcher(fn, x, what, hint, atol=1e-5):
+    got = fn(x.clone())
+    fn.require_launched()
+    assert_matches(got, _l2_ref(x), atol=atol, rtol=atol, what=what, hint=hint)
+
+
 def _l2_odd(fn):
     _needs_kernel_runtime()
     g = torch.Generator().manual_seed(9)
     for shape in [(3, 17), (5, 100), (1, 1)]:
-        x = torch.randn(shape, generator=g)
-        assert_matches(fn(x.clone()), _l2_ref(x), atol=1e-5, rtol=1e-4, what=f"output for shape {shape}",
-                       hint="lanes past the row's end must be masked (mask = cols < n_cols, other=0)")
+        _l2_launcher(fn, torch.randn(shape, generator=g), f"output for shape {shape}",
+                     "lanes past the row's end must be masked (mask = cols < n_cols, other=0)")
 
 
 def _l2_zero(fn):
     _needs_kernel_runtime()
     x = torch.randn(4, 20)
     x[1] = 0.0
-    assert_matches(fn(x.clone()), _l2_ref(x), atol=1e-5, rtol=1e-4,
-                   what="output with an all-zero row", hint="divide by max(norm, eps)")
+    _l2_launcher(fn, x, "output with an all-zero row", "divide by max(norm, eps)")
 
 
 def _l2_half(fn):
     _needs_kernel_runtime()
-    x = torch.randn(6, 33).half()
-    assert_matches(fn(x.clone()), _l2_ref(x), atol=2e-3, rtol=2e-3, what="fp16 output",
-                   hint="upcast to fp32 on load and cast back on store")
+    _l2_launcher(fn, torch.randn(6, 33).half(), "fp16 output",
+                 "upcast to fp32 on load and cast back on store", atol=2e-3)
 
 
 register(Question("preface.l2norm_kernel", "a Triton row kernel: L2-normalise each row", "l2_normalize_rows", (
+    Check("your kernel, launched by the grader", 1, _l2_kernel_direct),
     Check("odd row lengths", 1, _l2_odd),
     Check("zero rows", 1, _l2_zero),
     Check("fp16 in, fp16 out", 1, _l2_half),
-), time_limit=60.0))
+), time_limit=60.0, kernel="l2norm_kernel",
+    forbidden=("torch.norm", "torch.Tensor.norm", "torch.linalg.norm", "torch.linalg.vector_norm",
+               "torch.nn.functional.normalize"), off_limits=(_OWN,)))

@@ -1,57 +1,89 @@
 """The book's main job: execute every chapter headless, render it, summarise the results.
 
     python -m hrvit_edu.book                    # all chapters, default profile, into build/
-    python -m hrvit_edu.book --only 00 --profile ci
+    python -m hrvit_edu.book --only 01 --profile ci
+    make book ARGS="--only 01 --profile ci"     # the same through make
 
-Writes ``build/<chapter>.ipynb`` (executed) and ``build/<chapter>.html`` and prints one line
-per chapter: status, runtime and the final metrics the chapter handed to
-:func:`hrvit_edu.notebook.report`.  Exit status 1 if any chapter failed.
+Writes ``build/<chapter>.ipynb`` (executed; partial if a cell failed) and
+``build/<chapter>.html``.  On a terminal each chapter shows a progress bar over its cells with
+the section being run and, once a previous run left per-cell times in ``build/timings/``, the
+time left; in a log (no terminal) it prints one line per finished chapter.  A failing chapter
+reports the cell, its section, the exception and the end of the traceback; the other chapters
+still run, the summary marks it FAILED and the exit status is 1.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 from .notebook import REPORT_DIR_ENV, RUN_CACHE_ENV
-
-# The environment every headless run uses, for the book and for regenerating stored outputs.
-EXECUTION_ENV = {"TQDM_DISABLE": "1", "PYTHONHASHSEED": "0", "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
+from .runner import EXECUTION_ENV, Run, environ, execute_notebook  # noqa: F401  (re-exported)
 
 
-@contextlib.contextmanager
-def _environ(**values):
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update({k: str(v) for k, v in values.items() if v is not None})
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+class Progress:
+    """A tqdm bar over one chapter's code cells (interactive), or nothing (logs)."""
+
+    def __init__(self, name: str, nb_path: Path, previous: dict[int, float], enabled: bool):
+        import nbformat
+
+        nb = nbformat.read(nb_path, as_version=4)
+        self.code = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+        self.previous = previous
+        self.bar = None
+        if enabled:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=len(self.code), desc=name, unit="cell", file=sys.stderr, disable=False,
+                            bar_format="{desc} {n_fmt}/{total_fmt} cells |{bar:20}| {elapsed}{postfix}",
+                            dynamic_ncols=True, leave=True)
+
+    def on_cell(self, index: int, heading: str) -> None:
+        if self.bar is None:
+            return
+        done = sum(1 for i in self.code if i < index)
+        self.bar.n = done
+        left = [self.previous.get(i) for i in self.code if i >= index]
+        eta = f", ~{_clock(sum(left))} left" if left and all(t is not None for t in left) else ""
+        section = f" · {heading[:48]}" if heading else ""
+        self.bar.set_postfix_str(f"{eta}{section}".lstrip(", "), refresh=True)
+
+    def close(self, ok: bool) -> None:
+        if self.bar is not None:
+            if ok:
+                self.bar.n = self.bar.total
+                self.bar.set_postfix_str("done")
+            self.bar.close()
 
 
-def execute_notebook(path: Path, timeout: int = 1800, **env):
-    """Execute a notebook in a fresh kernel of this Python; return (notebook, error or None)."""
-    import nbformat
-    from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m}:{s:02d}"
 
-    nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=False,
-                            resources={"metadata": {"path": str(path.parent)}})
-    with _environ(**EXECUTION_ENV, **env):
+
+def run_chapter(path: Path, out: Path, profile: str, timeout: int, progress: bool) -> tuple[Run, float]:
+    timings = out / "timings" / profile / f"{path.stem}.json"
+    previous = {}
+    if timings.exists():
         try:
-            client.execute()
-            return nb, None
-        except CellExecutionError as e:
-            return nb, f"{e.ename}: {e.evalue}"[:200]
+            previous = {int(k): float(v) for k, v in json.loads(timings.read_text()).items()}
+        except (ValueError, AttributeError):
+            previous = {}
+    bar = Progress(path.stem, path, previous, progress)
+    reports = out / "reports"
+    (reports / f"{path.stem}.json").unlink(missing_ok=True)
+    t0 = time.perf_counter()
+    run = execute_notebook(path.resolve(), timeout, on_cell=bar.on_cell, HRVIT_EDU_PROFILE=profile,
+                           **{REPORT_DIR_ENV: str(reports.resolve()),
+                              RUN_CACHE_ENV: str((out / "run-cache" / profile).resolve())})
+    seconds = time.perf_counter() - t0
+    bar.close(run.failure is None)
+    if run.failure is None:
+        timings.parent.mkdir(parents=True, exist_ok=True)
+        timings.write_text(json.dumps({str(k): round(v, 3) for k, v in run.seconds.items()}))
+    return run, seconds
 
 
 def main(argv=None) -> int:
@@ -61,39 +93,43 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default="", help="run only chapters whose file name starts with this")
     ap.add_argument("--profile", default=None, help="ci | book | full (default: $HRVIT_EDU_PROFILE or book)")
     ap.add_argument("--timeout", type=int, default=1800, help="per-cell timeout in seconds")
+    ap.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                    help="progress bar per chapter (default: only when stderr is a terminal)")
     args = ap.parse_args(argv)
 
     from .profiles import get_profile
     profile = get_profile(args.profile).name
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
     out = Path(args.out)
-    reports = out / "reports"
-    reports.mkdir(parents=True, exist_ok=True)
+    (out / "reports").mkdir(parents=True, exist_ok=True)
     paths = sorted(p for p in Path(args.chapters).glob("*.ipynb") if p.name.startswith(args.only))
     if not paths:
         print(f"no chapters found in {args.chapters!r}", file=sys.stderr)
         return 1
-    from nbconvert import HTMLExporter
     import nbformat
+    from nbconvert import HTMLExporter
 
     rows, failed = [], 0
     for path in paths:
-        print(f"running {path.name} (profile {profile}) ...", flush=True)
-        (reports / f"{path.stem}.json").unlink(missing_ok=True)
-        t0 = time.perf_counter()
-        nb, err = execute_notebook(path.resolve(), args.timeout, HRVIT_EDU_PROFILE=profile,
-                                   **{REPORT_DIR_ENV: str(reports.resolve()),
-                                      RUN_CACHE_ENV: str((out / "run-cache" / profile).resolve())})
-        dt = time.perf_counter() - t0
-        nbformat.write(nb, out / path.name)
-        html, _ = HTMLExporter().from_notebook_node(nb)
+        run, seconds = run_chapter(path, out, profile, args.timeout, progress)
+        partial = out / path.name
+        nbformat.write(run.nb, partial)
+        html, _ = HTMLExporter().from_notebook_node(run.nb)
         (out / f"{path.stem}.html").write_text(html, encoding="utf-8")
-        rep = reports / f"{path.stem}.json"
+        rep = out / "reports" / f"{path.stem}.json"
         metrics = json.loads(rep.read_text()) if rep.exists() else {}
-        failed += err is not None
-        rows.append((path.stem, "ok" if err is None else f"FAILED ({err})", dt, metrics))
+        if run.failure is None:
+            print(f"{path.stem}: ok in {seconds:.0f} s (profile {profile})", flush=True)
+        else:
+            failed += 1
+            print(f"{path.stem}: FAILED in {seconds:.0f} s (profile {profile})\n"
+                  f"{run.failure.describe()}\n  partially executed notebook: {partial}", flush=True)
+        rows.append((path.stem, "ok" if run.failure is None else "FAILED", seconds, metrics, run.failure))
     print("\nchapter                  status   runtime  metrics")
-    for name, status, dt, metrics in rows:
+    for name, status, dt, metrics, failure in rows:
         m = ", ".join(f"{k}={v}" for k, v in metrics.items())
+        if failure is not None:
+            m = f"cell {failure.cell}: {failure.error}"
         print(f"{name:24s} {status:8s} {dt:6.0f} s  {m}")
     print(f"\nexecuted notebooks and HTML in {out}/")
     return 1 if failed else 0

@@ -2,6 +2,7 @@
 # Create ./.venv (if needed) and install hrvit-edu with its notebook and test extras.
 # On a CPU-only Linux machine torch is pinned to the CPU build 2.13.0 (this is the only place a
 # version is pinned; pyproject.toml keeps ranges).  Override with HRVIT_EDU_TORCH_SPEC="torch==X".
+# Prints one line per step; pip's own output goes to build/logs/setup.log (shown if a step fails).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,12 +13,26 @@ if sys.version_info < (3, 10):
     sys.exit(f"hrvit-edu needs Python >= 3.10, found {sys.version.split()[0]}")
 PYCHECK
 
+mkdir -p build/logs
+LOG=build/logs/setup.log
+: > "$LOG"
+
+step() {   # step "what" command...: one line, the command's output to the log
+  local what=$1
+  shift
+  echo "[setup] $what"
+  if ! "$@" >>"$LOG" 2>&1; then
+    echo "[setup] FAILED: $what; the end of $LOG:" >&2
+    tail -n 30 "$LOG" >&2
+    exit 1
+  fi
+}
+
 if [ ! -x .venv/bin/python ]; then
-  echo "[setup] creating .venv with $("$PY" --version)"
-  "$PY" -m venv .venv
+  step "creating .venv with $("$PY" --version)" "$PY" -m venv .venv
 fi
 VPY=.venv/bin/python
-"$VPY" -m pip install --quiet --upgrade pip 2>&1 | grep -v "is ignored" || true
+step "upgrading pip" "$VPY" -m pip install --upgrade pip
 
 if ! "$VPY" -c "import torch" 2>/dev/null; then
   spec=${HRVIT_EDU_TORCH_SPEC:-}
@@ -25,10 +40,8 @@ if ! "$VPY" -c "import torch" 2>/dev/null; then
     spec="torch==2.13.0"          # the CPU build (CI and CPU-only machines)
   fi
   if [ -n "$spec" ]; then
-    echo "[setup] installing $spec"
-    "$VPY" -m pip install --quiet "$spec" 2>&1 | grep -v "is ignored" || true
+    step "installing $spec" "$VPY" -m pip install "$spec"
   fi
 fi
-echo "[setup] installing hrvit-edu[notebooks,test]"
-"$VPY" -m pip install --quiet -e ".[notebooks,test]" 2>&1 | grep -v "is ignored" || true
+step "installing hrvit-edu[notebooks,test] (editable)" "$VPY" -m pip install -e ".[notebooks,test]"
 "$VPY" -c "import hrvit_edu, torch; print('[setup] ok: hrvit-edu', hrvit_edu.__version__, '| torch', torch.__version__)"

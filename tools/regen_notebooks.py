@@ -15,7 +15,7 @@ from pathlib import Path
 
 import nbformat
 
-from hrvit_edu.book import execute_notebook
+from hrvit_edu.runner import execute_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = ["chapters/*.ipynb", "exercises/*.ipynb", "exercises/solutions/*.ipynb"]
@@ -28,11 +28,12 @@ def main(argv: list[str]) -> int:
     cache = tempfile.mkdtemp(prefix="hrvit-edu-runs-")
     for path in paths:
         print(f"regenerating {path} ...", flush=True)
-        nb, err = execute_notebook(path.resolve(), HRVIT_EDU_PROFILE="book", HRVIT_EDU_RUN_CACHE=cache)
-        if err:
-            print(f"  FAILED: {err}")
+        run = execute_notebook(path.resolve(), HRVIT_EDU_PROFILE="book", HRVIT_EDU_RUN_CACHE=cache)
+        if run.failure is not None:
+            print(f"  FAILED: {run.failure.describe()}")
             failed += 1
             continue
+        nb = run.nb
         nb.metadata.pop("widgets", None)
         nbformat.write(nb, path)
     return 1 if failed else 0

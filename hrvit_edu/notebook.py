@@ -2,8 +2,8 @@
 
 ``setup_notebook()`` makes a notebook reproducible and quiet enough for strict nbval:
 seeds (python, numpy, torch), deterministic algorithms, a fixed thread count, rounded print
-options, PNG-only inline figures, warning filters, and the kernel runtime decision (the Triton
-interpreter switch is made by importing :mod:`hrvit_edu.kernels` before any kernel module).
+options, PNG-only inline figures, warning filters, and the kernel runtime decision (on a machine
+without CUDA the Triton interpreter is switched on, before any kernel module is imported).
 """
 from __future__ import annotations
 
@@ -51,8 +51,10 @@ def quiet_warnings() -> None:
 
 def setup_notebook(seed: int = 0, threads: int | None = None, profile: str | None = None) -> NotebookContext:
     """Run once, first, in every notebook.  Prints one line saying where the notebook runs."""
-    from . import kernels        # noqa: F401  (decides interpreter vs native before any kernel)
+    from . import kernels
     from .profiles import get_profile
+
+    kernels.enable_interpreter()  # before any kernel module: CPU kernels run in the interpreter
 
     prof = get_profile(profile)
     quiet_warnings()

@@ -3,9 +3,11 @@ import os
 import pytest
 import torch
 
-# Kernel modules must see the interpreter switch before they are imported: importing the
-# package's kernel runtime first guarantees it (it is also what every notebook does).
-import hrvit_edu.kernels  # noqa: F401
+# Kernel modules must see the interpreter switch before they are imported: the tests ask for it
+# here, first, exactly as every notebook's setup_notebook() does.
+import hrvit_edu.kernels
+
+hrvit_edu.kernels.enable_interpreter()
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 

@@ -29,7 +29,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ._runtime import HAS_TRITON, triton_usable
+from ._runtime import HAS_TRITON, register_kernel_module, require_float, triton_usable
+
+register_kernel_module(__name__)
 
 ACTIVATIONS = ("gelu", "identity")
 
@@ -47,6 +49,8 @@ def des_reference(x: torch.Tensor, a_w: torch.Tensor, a_b: torch.Tensor, b_w: to
 
 
 def _check(x, a_w, a_b, b_w, b_b, act):
+    """The one input check of DES, shared by the Triton and the reference path."""
+    require_float("des", x=x, a_w=a_w, a_b=a_b, b_w=b_w, b_b=b_b)
     if act not in ACTIVATIONS:
         raise ValueError(f"DES kernel activation must be one of {ACTIVATIONS}, got {act!r}")
     if x.ndim != 2:
@@ -56,8 +60,6 @@ def _check(x, a_w, a_b, b_w, b_b, act):
         raise ValueError("DES factors must be A (K, K), b_A (K,), B (P, P), b_B (P,)")
     if x.shape[1] != k * p:
         raise ValueError(f"x has {x.shape[1]} channels but the factors give K*P = {k}*{p} = {k * p}")
-    if len({t.device for t in (x, a_w, a_b, b_w, b_b)}) != 1:
-        raise ValueError("DES inputs must be on one device")
 
 
 def _pad(n: int) -> int:
@@ -98,7 +100,7 @@ if HAS_TRITON:
     @triton.jit
     def _des_fwd_kernel(X, AW, AB, BW, BB, U, N, K: tl.constexpr, P: tl.constexpr,
                         BN: tl.constexpr, KP: tl.constexpr, PP: tl.constexpr,
-                        GELU: tl.constexpr, ALLOW_TF32: tl.constexpr, ACC: tl.constexpr):
+                        GELU: tl.constexpr, ACC: tl.constexpr):
         pid = tl.program_id(0)
         offs, mask = _tile_offsets(pid, N, K, P, BN, KP, PP)
         x = tl.load(X + offs, mask=mask, other=0.0).to(ACC)            # (BN, KP, PP)
@@ -106,18 +108,18 @@ if HAS_TRITON:
         aw = _load_square(AW, K, KP, ACC)
         bb = tl.load(BB + tl.arange(0, PP), mask=tl.arange(0, PP) < P, other=0.0).to(ACC)
         ab = tl.load(AB + tl.arange(0, KP), mask=tl.arange(0, KP) < K, other=0.0).to(ACC)
-        y = tl.dot(tl.reshape(x, (BN * KP, PP)), tl.trans(bw), allow_tf32=ALLOW_TF32) + bb[None, :]
+        y = tl.dot(tl.reshape(x, (BN * KP, PP)), tl.trans(bw), input_precision="ieee") + bb[None, :]
         g = _gelu(y) if GELU else y
         # left factor along K: transpose each token's tile to (P, K), multiply by A^T
         gt = tl.reshape(tl.permute(tl.reshape(g, (BN, KP, PP)), (0, 2, 1)), (BN * PP, KP))
-        ut = tl.dot(gt, tl.trans(aw), allow_tf32=ALLOW_TF32) + ab[None, :]     # (BN*PP, KP)
+        ut = tl.dot(gt, tl.trans(aw), input_precision="ieee") + ab[None, :]     # (BN*PP, KP)
         u = tl.permute(tl.reshape(ut, (BN, PP, KP)), (0, 2, 1))                 # (BN, KP, PP)
         tl.store(U + offs, u.to(U.dtype.element_ty), mask=mask)
 
     @triton.jit
     def _des_bwd_kernel(X, DU, AW, BW, BB, DX, DAW, DAB, DBW, DBB, N,
                         K: tl.constexpr, P: tl.constexpr, BN: tl.constexpr, KP: tl.constexpr,
-                        PP: tl.constexpr, GELU: tl.constexpr, ALLOW_TF32: tl.constexpr, ACC: tl.constexpr):
+                        PP: tl.constexpr, GELU: tl.constexpr, ACC: tl.constexpr):
         pid = tl.program_id(0)
         offs, mask = _tile_offsets(pid, N, K, P, BN, KP, PP)
         x = tl.load(X + offs, mask=mask, other=0.0).to(ACC)
@@ -127,22 +129,22 @@ if HAS_TRITON:
         pr = tl.arange(0, PP)
         bb = tl.load(BB + pr, mask=pr < P, other=0.0).to(ACC)
         # recompute the forward's intermediates instead of storing them (saves 2 N C of traffic)
-        y = tl.dot(tl.reshape(x, (BN * KP, PP)), tl.trans(bw), allow_tf32=ALLOW_TF32) + bb[None, :]
+        y = tl.dot(tl.reshape(x, (BN * KP, PP)), tl.trans(bw), input_precision="ieee") + bb[None, :]
         g = _gelu(y) if GELU else y
         # padded token rows/K rows carry y = b_B != 0: zero them so they add nothing below
         valid = tl.reshape(mask, (BN * KP, PP))
         g = tl.where(valid, g, 0.0)
         dut = tl.reshape(tl.permute(du, (0, 2, 1)), (BN * PP, KP))               # (BN*PP, KP)
         gt = tl.reshape(tl.permute(tl.reshape(g, (BN, KP, PP)), (0, 2, 1)), (BN * PP, KP))
-        dgt = tl.dot(dut, aw, allow_tf32=ALLOW_TF32)                            # dG^T = dU^T A
+        dgt = tl.dot(dut, aw, input_precision="ieee")                            # dG^T = dU^T A
         dg = tl.reshape(tl.permute(tl.reshape(dgt, (BN, PP, KP)), (0, 2, 1)), (BN * KP, PP))
         dy = dg * _gelu_grad(y) if GELU else dg
         dy = tl.where(valid, dy, 0.0)
-        dx = tl.dot(dy, bw, allow_tf32=ALLOW_TF32)                               # dX = dY B
+        dx = tl.dot(dy, bw, input_precision="ieee")                               # dX = dY B
         tl.store(DX + offs, tl.reshape(dx, (BN, KP, PP)).to(DX.dtype.element_ty), mask=mask)
         # per-program partial sums of the weight gradients
-        daw = tl.dot(tl.trans(dut), gt, allow_tf32=ALLOW_TF32)                   # sum dU G^T  (KP, KP)
-        dbw = tl.dot(tl.trans(dy), tl.reshape(x, (BN * KP, PP)), allow_tf32=ALLOW_TF32)  # sum dY^T X
+        daw = tl.dot(tl.trans(dut), gt, input_precision="ieee")                   # sum dU G^T  (KP, KP)
+        dbw = tl.dot(tl.trans(dy), tl.reshape(x, (BN * KP, PP)), input_precision="ieee")  # sum dY^T X
         kr = tl.arange(0, KP)
         tl.store(DAW + pid * KP * KP + kr[:, None] * KP + kr[None, :], daw)
         tl.store(DBW + pid * PP * PP + pr[:, None] * PP + pr[None, :], dbw)
@@ -174,7 +176,7 @@ def des_forward_triton(x, a_w, a_b, b_w, b_b, act="gelu"):
     u = torch.empty_like(x)
     _des_fwd_kernel[(grid,)](x, a_w.contiguous(), a_b.contiguous(), b_w.contiguous(), b_b.contiguous(),
                              u, x.shape[0], K=k, P=p, BN=bn, KP=kp, PP=pp, GELU=act == "gelu",
-                             ALLOW_TF32=False, ACC=_acc(x))
+                             ACC=_acc(x))
     return u
 
 
@@ -187,7 +189,7 @@ def des_backward_triton(x, du, a_w, b_w, b_b, act="gelu"):
     dbw, dbb = torch.empty(grid, pp, pp, **f32), torch.empty(grid, pp, **f32)
     _des_bwd_kernel[(grid,)](x, du, a_w.contiguous(), b_w.contiguous(), b_b.contiguous(), dx,
                              daw, dab, dbw, dbb, x.shape[0], K=k, P=p, BN=bn, KP=kp, PP=pp,
-                             GELU=act == "gelu", ALLOW_TF32=False, ACC=_acc(x))
+                             GELU=act == "gelu", ACC=_acc(x))
     cast = lambda t, like: t.to(like.dtype)
     return (dx, cast(daw.sum(0)[:k, :k], a_w), cast(dab.sum(0)[:k], a_w),
             cast(dbw.sum(0)[:p, :p], b_w), cast(dbb.sum(0)[:p], b_w))
@@ -231,6 +233,9 @@ def _(x, a_w, a_b, b_w, b_b, act="gelu"):
 @torch.library.custom_op("hrvit_edu::des_backward", mutates_args=())
 def des_backward(x: torch.Tensor, du: torch.Tensor, a_w: torch.Tensor, b_w: torch.Tensor,
                  b_b: torch.Tensor, act: str = "gelu") -> list[torch.Tensor]:
+    require_float("des_backward", x=x, du=du)
+    if du.shape != x.shape:
+        raise ValueError(f"des_backward: du {tuple(du.shape)} must have the shape of x {tuple(x.shape)}")
     if triton_usable(x, a_w) and (x.dtype != torch.bfloat16 or x.is_cuda):
         return list(des_backward_triton(x, du, a_w, b_w, b_b, act))
     return list(des_backward_reference(x, du, a_w, b_w, b_b, act))

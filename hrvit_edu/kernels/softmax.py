@@ -17,14 +17,16 @@ from __future__ import annotations
 
 import torch
 
-from ._runtime import HAS_TRITON, triton_usable
+from ._runtime import HAS_TRITON, register_kernel_module, require_float, triton_usable
 
+register_kernel_module(__name__)
 MAX_COLS = 1 << 16   # one row per program, held in registers
 
 
 # ------------------------------------------------------------------------------ reference
 def softmax_reference(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """eq. S1 with torch ops (fp16/bf16 inputs are computed in fp32, like the kernel)."""
+    require_float("softmax_reference", x=x)
     acc = x if x.dtype == torch.float64 else x.float()
     return torch.softmax(acc, dim).to(x.dtype)
 
@@ -70,6 +72,24 @@ if HAS_TRITON:
         tl.store(DX + row * stride_dx + cols, dx.to(DX.dtype.element_ty), mask=mask)
 
 
+def _validate_rows(op: str, **tensors: torch.Tensor) -> None:
+    """The one input check of the row ops, shared by the Triton and the reference path."""
+    require_float(op, **tensors)
+    shapes = {n: tuple(t.shape) for n, t in tensors.items()}
+    for name, shape in shapes.items():
+        if len(shape) != 2:
+            raise ValueError(f"{op}: {name} must be a 2-D (rows, cols) tensor, got shape {shape}")
+    first = next(iter(shapes.values()))
+    if any(shape != first for shape in shapes.values()):      # no set(): shapes may be symbolic
+        raise ValueError(f"{op}: shapes must match, got " + ", ".join(f"{n} {s}" for n, s in shapes.items()))
+
+
+def _use_triton(*tensors: torch.Tensor) -> bool:
+    # the interpreter casts bf16 to fp32 on load and back wrongly: bf16 on CPU takes the reference
+    return triton_usable(*tensors) and (tensors[0].is_cuda or tensors[0].dtype != torch.bfloat16) \
+        and tensors[0].shape[1] <= MAX_COLS
+
+
 def _check_rows(x: torch.Tensor) -> None:
     if x.ndim != 2:
         raise ValueError(f"row kernels take a 2-D (rows, cols) tensor, got shape {tuple(x.shape)}")
@@ -81,6 +101,7 @@ def _check_rows(x: torch.Tensor) -> None:
 
 def softmax_rows_triton(x: torch.Tensor) -> torch.Tensor:
     """Launch eq. S1 on a 2-D tensor: one program per row."""
+    _validate_rows("softmax_rows", x=x)
     _check_rows(x)
     y = torch.empty_like(x)
     block = triton.next_power_of_2(max(x.shape[1], 16))
@@ -91,6 +112,7 @@ def softmax_rows_triton(x: torch.Tensor) -> torch.Tensor:
 
 def softmax_rows_backward_triton(y: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
     """Launch eq. S2 on 2-D tensors."""
+    _validate_rows("softmax_rows_backward", y=y, dy=dy)
     _check_rows(y)
     _check_rows(dy)
     dx = torch.empty_like(y)
@@ -104,32 +126,30 @@ def softmax_rows_backward_triton(y: torch.Tensor, dy: torch.Tensor) -> torch.Ten
 @torch.library.custom_op("hrvit_edu::softmax_rows", mutates_args=())
 def softmax_rows(x: torch.Tensor) -> torch.Tensor:
     """Row softmax of a 2-D tensor: Triton when usable (see ``kernels.describe()``), else torch."""
-    if triton_usable(x):
+    _validate_rows("softmax_rows", x=x)
+    if _use_triton(x):
         return softmax_rows_triton(x.contiguous())
     return softmax_reference(x)
 
 
 @softmax_rows.register_fake
 def _(x):
-    _check_rows_shape(x)
+    _validate_rows("softmax_rows", x=x)
     return torch.empty_like(x)
 
 
 @torch.library.custom_op("hrvit_edu::softmax_rows_backward", mutates_args=())
 def softmax_rows_backward(y: torch.Tensor, dy: torch.Tensor) -> torch.Tensor:
-    if triton_usable(y, dy):
+    _validate_rows("softmax_rows_backward", y=y, dy=dy)
+    if _use_triton(y, dy):
         return softmax_rows_backward_triton(y.contiguous(), dy.contiguous())
     return softmax_backward_reference(y, dy)
 
 
 @softmax_rows_backward.register_fake
 def _(y, dy):
+    _validate_rows("softmax_rows_backward", y=y, dy=dy)
     return torch.empty_like(y)
-
-
-def _check_rows_shape(x):
-    if x.ndim != 2:
-        raise ValueError(f"softmax_rows takes a 2-D (rows, cols) tensor, got shape {tuple(x.shape)}")
 
 
 def _setup_context(ctx, inputs, output):
@@ -147,8 +167,7 @@ softmax_rows.register_autograd(_backward, setup_context=_setup_context)
 
 def softmax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """Softmax along ``dim`` for any rank, through the fused op (autograd and compile aware)."""
-    if not x.is_floating_point():
-        raise TypeError(f"softmax needs a floating tensor, got {x.dtype}")
+    require_float("softmax", x=x)
     if x.ndim == 0:
         raise ValueError("softmax needs at least one dimension")
     moved = x.movedim(dim, -1)

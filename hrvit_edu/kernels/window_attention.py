@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import torch
 
+from ._runtime import require_float
+
 
 def window_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                                valid: torch.Tensor, scale: float,
@@ -38,12 +40,18 @@ def masked_scores(q, k, valid, scale, mask_value):
 
 
 def _check(q, k, v, valid):
+    """The one input check of window attention, shared by the Triton and the reference path."""
+    require_float("window_attention", q=q, k=k, v=v)
+    if not isinstance(valid, torch.Tensor):
+        raise TypeError(f"window_attention: valid must be an int tensor, got {type(valid).__name__}")
     if q.ndim != 3 or k.shape != q.shape or v.shape != q.shape:
         raise ValueError(f"q, k, v must all be (G, L, d); got {tuple(q.shape)}, {tuple(k.shape)}, "
                          f"{tuple(v.shape)}")
     if valid.shape != (q.shape[0],) or valid.dtype not in (torch.int32, torch.int64):
         raise ValueError(f"valid must be an int tensor of shape ({q.shape[0]},), got "
                          f"{tuple(valid.shape)} {valid.dtype}")
+    if valid.device != q.device:
+        raise ValueError(f"window_attention: valid is on {valid.device} but q on {q.device}")
 
 
 # ------------------------------------------------------------------------------ Triton
@@ -57,7 +65,9 @@ def _check(q, k, v, valid):
 #
 # ``scale`` is a per-window-head tensor (G,), so a later chapter can pass a length-dependent
 # scale (TransNeXt's length-scaled cosine attention) through the same kernels.
-from ._runtime import HAS_TRITON, triton_usable  # noqa: E402
+from ._runtime import HAS_TRITON, register_kernel_module, triton_usable  # noqa: E402
+
+register_kernel_module(__name__)
 
 if HAS_TRITON:
     import triton
@@ -71,7 +81,7 @@ if HAS_TRITON:
 
     @triton.jit
     def _scores(q, k, scale, valid, cols, L, MASK_VALUE: tl.constexpr, MASK_NEG_INF: tl.constexpr):
-        s = tl.dot(q, tl.trans(k), allow_tf32=False) * scale
+        s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale
         pad_key = cols[None, :] >= valid            # real tokens come first in every window
         if MASK_NEG_INF:
             s = tl.where(pad_key, float("-inf"), s)
@@ -103,7 +113,7 @@ if HAS_TRITON:
             alpha = tl.exp(m - m_new)
             p = tl.exp(s - m_new[:, None])
             l = l * alpha + tl.sum(p, axis=1)
-            acc = acc * alpha[:, None] + tl.dot(p.to(ACC), v, allow_tf32=False)
+            acc = acc * alpha[:, None] + tl.dot(p.to(ACC), v, input_precision="ieee")
             m = m_new
         o = acc / l[:, None]
         tl.store(O + base + rows[:, None] * D + dd[None, :], o.to(O.dtype.element_ty), mask=rmask)
@@ -133,10 +143,10 @@ if HAS_TRITON:
             s = _scores(q, k, scale, valid, cols, L, MASK_VALUE, MASK_NEG_INF)
             p = tl.exp(s - lse[:, None])
             p = tl.where(rows[:, None] < L, p, 0.0)            # padded query rows add nothing
-            dv += tl.dot(tl.trans(p), do, allow_tf32=False)
-            dp = tl.dot(do, tl.trans(v), allow_tf32=False)
+            dv += tl.dot(tl.trans(p), do, input_precision="ieee")
+            dp = tl.dot(do, tl.trans(v), input_precision="ieee")
             ds = p * (dp - delta[:, None])
-            dk += tl.dot(tl.trans(ds), q, allow_tf32=False) * scale
+            dk += tl.dot(tl.trans(ds), q, input_precision="ieee") * scale
         tl.store(DK + base + cols[:, None] * D + dd[None, :], dk.to(DK.dtype.element_ty), mask=cmask)
         tl.store(DV + base + cols[:, None] * D + dd[None, :], dv.to(DV.dtype.element_ty), mask=cmask)
 
@@ -162,9 +172,9 @@ if HAS_TRITON:
             v = _load_tile(V, base, cols, dd, L, D, ACC)
             s = _scores(q, k, scale, valid, cols, L, MASK_VALUE, MASK_NEG_INF)
             p = tl.exp(s - lse[:, None])
-            dp = tl.dot(do, tl.trans(v), allow_tf32=False)
+            dp = tl.dot(do, tl.trans(v), input_precision="ieee")
             ds = p * (dp - delta[:, None])
-            dq += tl.dot(ds, k, allow_tf32=False) * scale
+            dq += tl.dot(ds, k, input_precision="ieee") * scale
         tl.store(DQ + base + rows[:, None] * D + dd[None, :], dq.to(DQ.dtype.element_ty), mask=rmask)
 
 
@@ -220,6 +230,7 @@ def _use_triton(q):
 def window_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor,
                         scale: float, mask_value: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(O, lse) of eqs. (W1)-(W2); lse is what the backward needs."""
+    _check(q, k, v, valid)
     if _use_triton(q):
         return window_attention_forward_triton(q, k, v, valid, scale, mask_value)
     s = masked_scores(q, k, valid, scale, mask_value)
@@ -238,6 +249,10 @@ def _(q, k, v, valid, scale, mask_value):
 def window_attention_backward_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
                                  lse: torch.Tensor, do: torch.Tensor, valid: torch.Tensor,
                                  scale: float, mask_value: float) -> list[torch.Tensor]:
+    _check(q, k, v, valid)
+    require_float("window_attention_backward", q=q, o=o, do=do)
+    if o.shape != q.shape or do.shape != q.shape:
+        raise ValueError("window_attention_backward: o and do must have the shape of q")
     if _use_triton(q):
         return list(window_attention_backward_triton(q, k, v, o, lse, do, valid, scale, mask_value))
     acc = lse.dtype

@@ -17,12 +17,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..nn import ConvNormAct
+from ..nn.checks import check_images, check_model_args
 from ..registry import register_model
 
 
 class PrefaceConvNet(nn.Module):
     def __init__(self, num_classes: int = 11, in_chans: int = 1, widths=(24, 48, 96),
                  norm: str = "bn"):
+        check_model_args("PrefaceConvNet", num_classes, in_chans)
         super().__init__()
         c1, c2, c3 = widths
         self.in_chans, self.num_classes = in_chans, num_classes
@@ -40,8 +42,7 @@ class PrefaceConvNet(nn.Module):
             self.classifier = nn.Conv2d(c1, num_classes, 1)
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        if x.ndim != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(f"expected input (B, {self.in_chans}, H, W), got {tuple(x.shape)}")
+        check_images("PrefaceConvNet", x, self.in_chans)
         if x.shape[-2] % 8 or x.shape[-1] % 8:
             raise ValueError(f"H and W must be multiples of 8, got {tuple(x.shape[-2:])}")
         f1 = self.enc1(x)

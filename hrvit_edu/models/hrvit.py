@@ -25,10 +25,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..kernels import HAS_TRITON
+from ..kernels import prefer_kernel
 from ..kernels.des import des as des_fused
 from ..kernels.window_attention import window_attention, window_attention_reference
 from ..nn import AllMLPHead, DropPath
+from ..nn.checks import check_images, check_model_args
 from ..registry import register_model
 
 
@@ -62,8 +63,9 @@ class DES(nn.Module):
     Without the activation and biases, out = (A kron B) x, because (A kron B) vec_r(X_m) =
     vec_r(A X_m B^T) for row-major vec_r.  Parameters P^2 + P + K^2 + K instead of C^2 + C.
     ``act``: 'gelu' (official code, default) or 'hardswish' (the paper).
-    ``use_kernel``: None (default) runs the fused Triton op (``hrvit_edu::des``) on CUDA and
-    eager torch on CPU (the interpreter is ~1000x slower); True/False force it on/off.
+    ``use_kernel``: None (default) follows :func:`hrvit_edu.kernels.prefer_kernel`: the fused
+    Triton op (``hrvit_edu::des``) natively on CUDA, eager torch on CPU (the interpreter is ~1000x
+    slower), nothing fused under ``use_backend("reference")``; True/False force it on/off.
     """
 
     def __init__(self, channels: int, act: str = "gelu", use_kernel: bool | None = None):
@@ -77,7 +79,7 @@ class DES(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.channels:
             raise ValueError(f"DES expects {self.channels} channels last, got shape {tuple(x.shape)}")
-        fused = self.use_kernel if self.use_kernel is not None else (x.is_cuda and HAS_TRITON)
+        fused = self.use_kernel if self.use_kernel is not None else prefer_kernel(x)
         if fused and self.act_name in ("gelu", "identity"):
             out = des_fused(x.reshape(-1, self.channels), self.left.weight, self.left.bias,
                             self.right.weight, self.right.bias, self.act_name)
@@ -148,7 +150,8 @@ class HRViTAttn(nn.Module):
     ``bn_init``: 'zero' (official code: gamma = beta = 0, so Z = 0 at initialisation and the
     attention branch starts switched off) or 'identity' (gamma = 1, beta = 0, as the paper says).
     ``mask_value``: added to padded keys' logits (-100 in the code; ``float('-inf')`` is exact).
-    ``use_kernel``: None runs the fused window-attention op on CUDA and eager torch on CPU.
+    ``use_kernel``: None follows :func:`hrvit_edu.kernels.prefer_kernel` (the fused op natively on
+    CUDA, eager torch on CPU and under ``use_backend("reference")``); True/False force it.
     ``kv``: 'shared' (K = V, the paper and code) or 'separate' (an extra key projection: the
     ablation that measures what sharing saves).
     """
@@ -180,7 +183,7 @@ class HRViTAttn(nn.Module):
         kw = vw if k is None else stripe_partition(k, self.window, orientation)[0]
         g, n, _ = qw.shape
         split = lambda t: t.reshape(g, n, self.heads, self.dim_head).transpose(1, 2).reshape(-1, n, self.dim_head)
-        fused = self.use_kernel if self.use_kernel is not None else (q.is_cuda and HAS_TRITON)
+        fused = self.use_kernel if self.use_kernel is not None else prefer_kernel(q)
         attend = window_attention if fused else window_attention_reference
         vs = split(vw)
         ks = vs if kw is vw else split(kw)               # shared key/value: K = V
@@ -235,13 +238,13 @@ class HRViTBlock(nn.Module):
 
     def __init__(self, channels: int, window: int, dim_head: int, mlp_ratio: float,
                  drop_path: float = 0.0, des_act: str = "gelu", attn_bn_init: str = "zero",
-                 mask_value: float = -100.0, use_kernels: bool | None = None, des: str = "kron",
+                 mask_value: float = -100.0, use_kernel: bool | None = None, des: str = "kron",
                  kv: str = "shared"):
         super().__init__()
         self.norm1 = nn.LayerNorm(channels)
-        self.attn = HRViTAttn(channels, window, dim_head, attn_bn_init, mask_value, use_kernels, kv)
+        self.attn = HRViTAttn(channels, window, dim_head, attn_bn_init, mask_value, use_kernel, kv)
         if des == "kron":
-            self.des = DES(channels, des_act, use_kernels)
+            self.des = DES(channels, des_act, use_kernel)
         elif des == "dense":                 # ablation: the full C x C projection DES factorises
             self.des = nn.Linear(channels, channels)
         elif des == "none":                  # ablation: no diversity shortcut at all
@@ -311,7 +314,7 @@ class HRViTModule(nn.Module):
         self.embed = nn.ModuleList(PatchEmbed(ci, channels[i]) for i, ci in enumerate(self.fusion.out_channels))
         self.branches = nn.ModuleList(
             nn.ModuleList(HRViTBlock(channels[i], cfg.window[i], cfg.dim_head, cfg.mlp_ratio[i], drop_rates[j],
-                                     cfg.des_act, cfg.attn_bn_init, cfg.mask_value, cfg.use_kernels,
+                                     cfg.des_act, cfg.attn_bn_init, cfg.mask_value, cfg.use_kernel,
                                      cfg.des, cfg.kv) for j in range(n))
             for i, n in enumerate(blocks))
         self.norms = nn.ModuleList(nn.LayerNorm(channels[i]) for i in range(k_out))
@@ -341,7 +344,7 @@ class HRViTConfig:
     des_act: str = "gelu"                # paper: "hardswish"
     attn_bn_init: str = "zero"           # paper: "identity"
     mask_value: float = -100.0           # code; float("-inf") is exact masking
-    use_kernels: bool | None = None      # None: fused Triton ops on CUDA, eager torch on CPU
+    use_kernel: bool | None = None       # None: kernels.prefer_kernel (fused natively on CUDA)
     des: str = "kron"                    # ablations: "dense" (C x C), "none"
     kv: str = "shared"                   # ablation: "separate" key projection
     head_from: int = 0                   # ablation: 1 = the head ignores the finest branch
@@ -352,7 +355,10 @@ class HRViT(nn.Module):
     input resolution).  Inputs whose sides are not multiples of 32 are zero-padded on the
     bottom/right and the output is cropped back."""
 
-    def __init__(self, cfg: HRViTConfig = HRViTConfig(), num_classes: int = 0, in_chans: int = 3):
+    def __init__(self, cfg: HRViTConfig, *, num_classes: int, in_chans: int):
+        # no defaults: the registry builds DigitScenes models (11 classes, 1 channel), the
+        # official counts are for a 3-channel backbone (num_classes=0): always say which
+        check_model_args("HRViT", num_classes, in_chans)
         super().__init__()
         self.cfg, self.in_chans, self.num_classes = cfg, in_chans, num_classes
         cs = cfg.stem_channels
@@ -373,8 +379,7 @@ class HRViT(nn.Module):
         self.head = AllMLPHead(self.out_channels[cfg.head_from:], cfg.head_dim, num_classes) if num_classes else None
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        if x.ndim != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(f"expected input (B, {self.in_chans}, H, W), got {tuple(x.shape)}")
+        check_images("HRViT", x, self.in_chans)
         if x.shape[-2] % self.stride or x.shape[-1] % self.stride:
             raise ValueError(f"H and W must be multiples of {self.stride} for the backbone, got "
                              f"{tuple(x.shape[-2:])}; the segmentation model pads automatically")
@@ -386,6 +391,7 @@ class HRViT(nn.Module):
     def forward(self, x: torch.Tensor):
         if self.head is None:
             return self.forward_features(x)
+        check_images("HRViT", x, self.in_chans)
         h, w = x.shape[-2:]
         ph, pw = (-h) % self.stride, (-w) % self.stride
         feats = self.forward_features(F.pad(x, (0, pw, 0, ph)) if ph or pw else x)[self.cfg.head_from:]

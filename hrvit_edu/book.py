@@ -104,7 +104,12 @@ def main(argv=None) -> int:
     (out / "reports").mkdir(parents=True, exist_ok=True)
     paths = sorted(p for p in Path(args.chapters).glob("*.ipynb") if p.name.startswith(args.only))
     if not paths:
-        print(f"no chapters found in {args.chapters!r}", file=sys.stderr)
+        known = sorted(p.stem for p in Path(args.chapters).glob("*.ipynb"))
+        if not known:
+            print(f"no chapter notebooks in {args.chapters!r}", file=sys.stderr)
+        else:
+            print(f"no chapter in {args.chapters!r} starts with {args.only!r}; chapters: {', '.join(known)}",
+                  file=sys.stderr)
         return 1
     import nbformat
     from nbconvert import HTMLExporter

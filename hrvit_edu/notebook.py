@@ -10,12 +10,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import random
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .seeding import seed_everything  # noqa: F401  (re-exported: notebooks import it from here)
 
 REPORT_DIR_ENV = "HRVIT_EDU_REPORT_DIR"
 RUN_CACHE_ENV = "HRVIT_EDU_RUN_CACHE"
@@ -32,12 +33,6 @@ class NotebookContext:
 
     def __str__(self) -> str:
         return f"profile {self.profile} | device {self.device.type} | {self.kernels}"
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def quiet_warnings() -> None:

@@ -6,7 +6,7 @@ import dataclasses
 import os
 
 from .data.digitscenes import SceneConfig
-from .train.engine import Budget
+from .train.budget import Budget
 
 ENV_VAR = "HRVIT_EDU_PROFILE"
 DEFAULT = "book"

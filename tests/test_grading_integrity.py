@@ -257,7 +257,7 @@ def test_patching_the_checks_does_not_reach_the_grader(preface_escapes):
 @pytest.mark.slow
 @pytest.mark.parametrize("qid, needle", [
     ("preface.miou", "hrvit_edu.train.metrics.confusion_matrix` is part of the package"),
-    ("preface.lr_schedule", "hrvit_edu.train.engine.lr_factor` is part of the package"),
+    ("preface.lr_schedule", "hrvit_edu.train.budget.lr_factor` is part of the package"),
     ("preface.digit_boxes", "checks.preface._ref_boxes` is part of the package"),
     ("preface.l2norm_kernel", "`l2norm_kernel` must be a @triton.jit kernel, got function"),
 ])

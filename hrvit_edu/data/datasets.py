@@ -13,7 +13,7 @@ import dataclasses
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from .digitscenes import BACKGROUND, SceneConfig, load_scenes
 
@@ -87,8 +87,7 @@ class DigitScenes(Dataset):
 
     def batch(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
         """Stack several samples (with augmentation if set) into one batch."""
-        items = [self[int(i)] for i in indices]
-        return torch.stack([a for a, _ in items]), torch.stack([b for _, b in items])
+        return default_collate([self[int(i)] for i in indices])
 
 
 def digitscenes_bundle(config: SceneConfig | None = None, augment: Augment | None = Augment(),

@@ -20,6 +20,7 @@ most ``max_overlap`` of its area ("limited occlusion"); later digits are drawn o
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import hashlib
@@ -30,6 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from .._io import atomic_write, read_or_explain
 
 NUM_CLASSES = 11          # ten digits + background
 BACKGROUND = 10
@@ -205,7 +208,32 @@ def _overlap(y: int, x: int, s: int, box: tuple[int, int, int]) -> int:
     return max(dy, 0) * max(dx, 0)
 
 
-_MEMORY_CACHE: dict[tuple[str, str], Scenes] = {}
+# Splits already generated in this process, least recently used first; bounded so that a
+# session that touches several large configs (the `full` train split alone is ~655 MB) does not
+# keep them all.  The newest split always stays, whatever its size.
+MEMORY_CACHE_BYTES = 1 << 30
+_MEMORY_CACHE: "collections.OrderedDict[tuple[str, str], Scenes]" = collections.OrderedDict()
+
+
+def _scenes_bytes(s: Scenes) -> int:
+    return s.images.nbytes + s.masks.nbytes + s.instances.nbytes
+
+
+def _remember(key, scenes: Scenes) -> None:
+    _MEMORY_CACHE[key] = scenes
+    _MEMORY_CACHE.move_to_end(key)
+    while len(_MEMORY_CACHE) > 1 and sum(map(_scenes_bytes, _MEMORY_CACHE.values())) > MEMORY_CACHE_BYTES:
+        _MEMORY_CACHE.popitem(last=False)
+
+
+def _read_npz(path: Path):
+    with np.load(path) as z:
+        return z["images"], z["masks"], z["instances"]
+
+
+def _write_npz(scenes: Scenes, tmp: Path) -> None:
+    with open(tmp, "wb") as fh:               # a file object: np.savez would append .npz to a name
+        np.savez(fh, images=scenes.images, masks=scenes.masks, instances=scenes.instances)
 
 
 def load_scenes(config: SceneConfig | None = None, split: str = "train",
@@ -219,16 +247,16 @@ def load_scenes(config: SceneConfig | None = None, split: str = "train",
     _check_split(split)
     key = (config.key(), split)
     if key in _MEMORY_CACHE:
+        _MEMORY_CACHE.move_to_end(key)
         return _MEMORY_CACHE[key]
     cache_dir = cache_dir or os.environ.get("HRVIT_EDU_CACHE_DIR")
     path = Path(cache_dir) / f"digitscenes-{config.key()}-{split}.npz" if cache_dir else None
     if path is not None and path.exists():
-        z = np.load(path)
-        scenes = Scenes(z["images"], z["masks"], z["instances"], config, split)
+        images, masks, instances = read_or_explain(path, _read_npz, "DigitScenes cache")
+        scenes = Scenes(images, masks, instances, config, split)
     else:
         scenes = generate(config, split)
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            np.savez(path, images=scenes.images, masks=scenes.masks, instances=scenes.instances)
-    _MEMORY_CACHE[key] = scenes
+            atomic_write(path, lambda tmp: _write_npz(scenes, tmp))
+    _remember(key, scenes)
     return scenes

@@ -15,10 +15,22 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 IGNORE_INDEX = 255
+
+
+def _open(path: Path):
+    """Open and fully decode an image; a truncated or unreadable file names itself."""
+    from PIL import Image
+
+    try:
+        img = Image.open(path)
+        img.load()
+        return img
+    except Exception as e:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError...
+        raise ValueError(f"{path}: cannot read this image ({type(e).__name__}: {e})") from e
 
 
 class SegmentationFolder(Dataset):
@@ -57,11 +69,9 @@ class SegmentationFolder(Dataset):
         return len(self.stems)
 
     def __getitem__(self, index: int):
-        from PIL import Image
-
         stem = self.stems[index]
-        img = np.asarray(Image.open(self.images[stem]).convert("RGB"), dtype=np.float32) / 255.0
-        lab = np.asarray(Image.open(self.labels[stem]))
+        img = np.asarray(_open(self.images[stem]).convert("RGB"), dtype=np.float32) / 255.0
+        lab = np.asarray(_open(self.labels[stem]))
         if lab.ndim != 2:
             raise ValueError(f"{self.labels[stem].name}: label map must be single-channel, got shape {lab.shape}")
         if lab.shape != img.shape[:2]:
@@ -81,5 +91,4 @@ class SegmentationFolder(Dataset):
         return image, mask
 
     def batch(self, indices):
-        items = [self[int(i)] for i in indices]
-        return torch.stack([a for a, _ in items]), torch.stack([b for _, b in items])
+        return default_collate([self[int(i)] for i in indices])

@@ -19,7 +19,16 @@ from pathlib import Path
 
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 STUB = 'raise NotImplementedError("exercise: write your solution here")'
-ROOT = Path(__file__).resolve().parents[2]
+
+
+def find_root(start: Path | None = None) -> Path:
+    """The book's root: the nearest folder at or above ``start`` (default: the working directory)
+    that holds ``exercises/solutions``; the working directory if none does."""
+    start = Path(start or Path.cwd()).resolve()
+    for folder in (start, *start.parents):
+        if (folder / "exercises" / "solutions").is_dir():
+            return folder
+    return start
 
 
 def strip_solutions(source: str) -> str:
@@ -60,8 +69,9 @@ def _signature(nb) -> list:
         [nb.metadata.get("hrvit_edu", {})]
 
 
-def pairs() -> list[tuple[Path, Path]]:
-    return [(m, ROOT / "exercises" / m.name) for m in sorted((ROOT / "exercises" / "solutions").glob("*.ipynb"))]
+def pairs(root: Path | None = None) -> list[tuple[Path, Path]]:
+    root = Path(root) if root is not None else find_root()
+    return [(m, root / "exercises" / m.name) for m in sorted((root / "exercises" / "solutions").glob("*.ipynb"))]
 
 
 def main(argv=None) -> int:
@@ -69,9 +79,17 @@ def main(argv=None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--check", action="store_true", help="only verify; exit 1 on a difference")
+    ap.add_argument("--root", type=Path, default=None,
+                    help="the book's root folder (default: found from the working directory)")
     args = ap.parse_args(argv)
+    root = args.root.resolve() if args.root else find_root()
+    found = pairs(root)
+    if not found:
+        print(f"no master notebooks in {root / 'exercises' / 'solutions'}: nothing to "
+              f"{'check' if args.check else 'generate'}")
+        return 1
     bad = 0
-    for master_path, student_path in pairs():
+    for master_path, student_path in found:
         master = nbformat.read(master_path, as_version=4)
         if master.metadata.get("hrvit_edu", {}).get("role") != "master":
             print(f"{master_path}: metadata hrvit_edu.role must be 'master'")
@@ -85,10 +103,10 @@ def main(argv=None) -> int:
                       "run `python -m hrvit_edu.grading.assign` and regenerate outputs")
                 bad += 1
         elif student_path.exists() and _signature(nbformat.read(student_path, as_version=4)) == _signature(student):
-            print(f"{student_path.relative_to(ROOT)} is up to date (stored outputs kept)")
+            print(f"{student_path.relative_to(root)} is up to date (stored outputs kept)")
         else:
             nbformat.write(student, student_path)
-            print(f"wrote {student_path.relative_to(ROOT)} (regenerate its outputs next)")
+            print(f"wrote {student_path.relative_to(root)} (regenerate its outputs next)")
     return 1 if bad else 0
 
 

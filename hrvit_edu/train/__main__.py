@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import os
 
 import torch
@@ -13,9 +14,9 @@ import torch.distributed as dist
 
 from .. import create_model
 from ..data import digitscenes_bundle
-from ..notebook import seed_everything
 from ..profiles import get_profile
-from .engine import fit
+from ..seeding import seed_everything
+from .loop import fit
 
 
 def main(argv=None) -> int:
@@ -26,7 +27,11 @@ def main(argv=None) -> int:
     ap.add_argument("--checkpoint", default=None)
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="model override passed to create_model, e.g. --set drop_path=0.1 (repeatable)")
     args = ap.parse_args(argv)
+    if args.resume and not args.checkpoint:
+        ap.error("--resume needs --checkpoint PATH (the checkpoint to continue from)")
 
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     device = "cpu"
@@ -45,7 +50,16 @@ def main(argv=None) -> int:
         budget = budget.replace(steps=args.steps,
                                 warmup_steps=budget.warmup_steps * args.steps // budget.steps)
     seed_everything(args.seed)
-    model = create_model(args.model)
+    overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            ap.error(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            overrides[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            overrides[key] = value
+    model = create_model(args.model, **overrides)
     history = fit(model, digitscenes_bundle(prof.scenes), budget, device=device,
                   checkpoint=args.checkpoint, checkpoint_every=max(1, budget.steps // 10),
                   resume=args.resume)

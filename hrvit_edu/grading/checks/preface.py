@@ -94,7 +94,7 @@ register(Question("preface.miou", "mean IoU from a confusion matrix", "mean_iou"
     Check("ignore index", 1, _miou_ignore),
     Check("absent classes", 1, _miou_absent),
     Check("hidden label maps", 1, _miou_hidden),
-), off_limits=("hrvit_edu.train.metrics", "hrvit_edu.train.engine.evaluate", _OWN)))
+), off_limits=("hrvit_edu.train.metrics", "hrvit_edu.train.evaluate.evaluate", _OWN)))
 
 
 # ------------------------------------------------------------------------------ 2. schedule
@@ -130,7 +130,7 @@ register(Question("preface.lr_schedule", "warm-up + cosine learning rate, eq. (T
         fn, [100, 150], total=100, warmup=0, r=0.1,
         hint="after the last step the rate stays at min_lr_ratio * base_lr")),
     Check("hidden schedules", 1, _lr_hidden),
-), off_limits=("hrvit_edu.train.engine.lr_factor", _OWN)))
+), off_limits=("hrvit_edu.train.budget.lr_factor", _OWN)))
 
 
 # ------------------------------------------------------------------------------ 3. boxes

@@ -3,8 +3,18 @@ import json
 import pytest
 import torch
 
-from hrvit_edu.bench import (BenchRecord, benchmark, count_flops, load_records, peak_memory,
-                             records_table, roofline, save_records, sweep, time_fn)
+from hrvit_edu.bench import (
+    BenchRecord,
+    benchmark,
+    count_flops,
+    load_records,
+    peak_memory,
+    records_table,
+    roofline,
+    save_records,
+    sweep,
+    time_fn,
+)
 
 
 def test_time_fn_quantiles_are_ordered():
@@ -61,8 +71,8 @@ def test_benchmark_record_fields():
 
 
 def test_throughput_params_and_plot():
-    from hrvit_edu.bench import count_params, plot_sweep
     import hrvit_edu
+    from hrvit_edu.bench import count_params, plot_sweep
     m = hrvit_edu.create_model("preface_convnet")
     assert count_params(m) == sum(p.numel() for p in m.parameters())
     lin = torch.nn.Linear(4, 4)
@@ -77,3 +87,14 @@ def test_throughput_params_and_plot():
     assert fig.axes[0].get_xlabel() == "batch"
     import matplotlib.pyplot as plt
     plt.close(fig)
+
+
+def test_gpu_timing_reports_the_real_number_of_calls(monkeypatch):
+    """do_bench's warmup/rep are milliseconds: the record must count the calls it timed."""
+    pytest.importorskip("triton")
+    import triton.testing
+
+    from hrvit_edu.bench import time_fn
+    monkeypatch.setattr(triton.testing, "do_bench", lambda fn, warmup, rep, return_mode: [3.0, 1.0, 2.0, 4.0, 5.0])
+    median, p20, p80, n = time_fn(lambda: None, device="cuda")
+    assert n == 5 and median == 3.0 and p20 <= median <= p80

@@ -4,8 +4,17 @@ import numpy as np
 import pytest
 import torch
 
-from hrvit_edu.data import (BACKGROUND, Augment, DigitScenes, SceneConfig, digitscenes_bundle,
-                            generate, load_scenes, show_predictions, source_pools)
+from hrvit_edu.data import (
+    BACKGROUND,
+    Augment,
+    DigitScenes,
+    SceneConfig,
+    digitscenes_bundle,
+    generate,
+    load_scenes,
+    show_predictions,
+    source_pools,
+)
 
 SMALL = SceneConfig(num_train=64, num_val=16, num_test=32)
 

@@ -47,6 +47,6 @@ def test_torchrun_cli_two_processes(tmp_path):
                         "--master_port", "29531", "-m", "hrvit_edu.train", "--model", "preface_convnet_gn",
                         "--profile", "ci", "--steps", "4", "--checkpoint", str(tmp_path / "c.pt")],
                        capture_output=True, text=True, timeout=300, env=env)
-    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.returncode == 0, r.stderr[:3000]
     assert r.stdout.count("test mIoU") == 1            # only rank 0 reports
     assert (tmp_path / "c.pt").exists()

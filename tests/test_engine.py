@@ -6,8 +6,7 @@ import torch
 import hrvit_edu
 from hrvit_edu.data import SceneConfig, digitscenes_bundle
 from hrvit_edu.profiles import get_profile
-from hrvit_edu.train import (Budget, StepBatchSampler, evaluate, fit, load_checkpoint, lr_factor,
-                             segmentation_loss)
+from hrvit_edu.train import Budget, StepBatchSampler, evaluate, fit, load_checkpoint, lr_factor, segmentation_loss
 
 CI = get_profile("ci")
 

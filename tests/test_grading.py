@@ -1,5 +1,4 @@
 """CI proof that grades mean something: solutions score 100%, stubs 0, wrong answers lose points."""
-import dataclasses
 import json
 import math
 import subprocess
@@ -11,8 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hrvit_edu.grading import (Check, CheckFailed, Question, check, get_question, grade_function,
-                               questions, run_question)
+from hrvit_edu.grading import Check, Question, check, get_question, grade_function, questions, run_question
 from hrvit_edu.grading.assign import make_student, pairs, strip_solutions
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,8 +7,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import hrvit_edu
-from hrvit_edu.models.hrvit import (DES, OFFICIAL_BACKBONE_PARAMS, CrossResolutionFusion, HRViTAttn,
-                                    HRViTBlock, des_factors, head_split, stripe_merge, stripe_partition)
+from hrvit_edu.models.hrvit import (
+    DES,
+    OFFICIAL_BACKBONE_PARAMS,
+    CrossResolutionFusion,
+    HRViTAttn,
+    HRViTBlock,
+    des_factors,
+    head_split,
+    stripe_merge,
+    stripe_partition,
+)
 
 
 def n_params(m):

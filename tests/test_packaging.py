@@ -64,3 +64,42 @@ def test_notebook_conventions(path):
             if o.get("name") == "stderr":
                 tags = c.get("metadata", {}).get("tags", [])
                 assert "nbval-ignore-output" in tags, f"cell {i}: stderr in a compared cell"
+
+
+def test_license_citation_and_entry_points():
+    import importlib
+
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert meta["license"] == "MIT" and "MIT License" in (ROOT / "LICENSE").read_text()
+    cff = yaml.safe_load((ROOT / "CITATION.cff").read_text())
+    titles = [r["title"] for r in cff["references"]]
+    assert len(titles) == 5 and any(t.startswith("HRViT") for t in titles)
+    bib = (ROOT / "docs" / "references.bib").read_text()
+    assert bib.count("@inproceedings") == 5
+    for name, target in meta["scripts"].items():
+        module, func = target.split(":")
+        assert callable(getattr(importlib.import_module(module), func)), name
+
+
+def test_installed_triton_is_in_the_declared_range():
+    import importlib.metadata as md
+
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    (req,) = [Requirement(r) for r in meta["dependencies"] if r.startswith("triton")]
+    try:
+        installed = Version(md.version("triton"))
+    except md.PackageNotFoundError:
+        pytest.skip("Triton is not installed (not Linux)")
+    assert req.specifier.contains(installed), f"triton {installed} is outside {req.specifier}"
+
+
+def test_ruff_is_clean():
+    import shutil
+    import subprocess
+
+    ruff = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
+    r = subprocess.run([ruff, "check", "hrvit_edu", "tests", "tools"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout

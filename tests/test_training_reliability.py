@@ -17,7 +17,7 @@ import torch
 import hrvit_edu
 from hrvit_edu.data import SceneConfig, digitscenes_bundle
 from hrvit_edu.data import digitscenes as DS
-from hrvit_edu.train import Budget, fit, load_checkpoint, save_checkpoint
+from hrvit_edu.train import Budget, fit, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = SceneConfig(num_train=64, num_val=16, num_test=16)

@@ -97,8 +97,10 @@ def time_fn(fn: Callable[[], object], device: str | torch.device = "cpu",
     if device.type == "cuda":
         try:
             import triton.testing
-            q = triton.testing.do_bench(fn, warmup=25, rep=100, quantiles=[0.5, 0.2, 0.8])
-            return float(q[0]), float(q[1]), float(q[2]), 100
+            # warmup/rep are *milliseconds* of running: ask for every timing to count them
+            times = sorted(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="all"))
+            q = statistics.quantiles(times, n=5) if len(times) >= 2 else [times[0]] * 4
+            return statistics.median(times), q[0], q[3], len(times)
         except ImportError:
             return _time_cuda_events(fn, warmup)
     import torch.utils.benchmark as tb
@@ -177,9 +179,14 @@ class _LiveTensorBytes(TorchDispatchMode):
 def peak_memory(fn: Callable[[], object], device: str | torch.device = "cpu") -> int:
     """Peak bytes allocated by one call beyond what was allocated before it.
 
-    CUDA: the caching allocator's statistics.  CPU: a dispatch-mode tracker of live tensor
-    storages created during the call (an approximation: a storage is charged to the first
-    tensor that shows it, and freed when that tensor dies).
+    CUDA: the caching allocator's statistics (``max_memory_allocated``), exact.
+    CPU: torch has no public allocator statistics, so this counts the storages of the tensors
+    that aten operators *return* during the call (forward and backward alike), alive at the same
+    time: a storage is charged when an op first returns it and freed when that tensor dies.  It
+    does not see scratch memory an operator allocates and frees internally (e.g. inside a fused
+    SDPA kernel), nor memory outside torch; it uses the semi-private
+    ``torch.utils._python_dispatch.TorchDispatchMode``, which torch's own tools (FlopCounterMode)
+    are built on.
     """
     device = torch.device(device)
     if device.type == "cuda":

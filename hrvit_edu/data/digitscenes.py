@@ -36,7 +36,6 @@ from .._io import atomic_write, read_or_explain
 
 NUM_CLASSES = 11          # ten digits + background
 BACKGROUND = 10
-IGNORE_INDEX = 255
 CLASS_NAMES = tuple(str(i) for i in range(10)) + ("background",)
 SPLITS = ("train", "val", "test")
 _ATTEMPTS = 20   # placement tries per digit before it is dropped
@@ -117,7 +116,7 @@ def _check_split(split: str) -> None:
 
 @functools.lru_cache(maxsize=1)
 def _source_digits() -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.datasets import load_digits   # bundled with scikit-learn: no download
+    from sklearn.datasets import load_digits  # bundled with scikit-learn: no download
 
     d = load_digits()
     return (d.images / 16.0).astype(np.float32), d.target.astype(np.int64)

@@ -17,8 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, default_collate
 
+from .constants import IGNORE_INDEX
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-IGNORE_INDEX = 255
 
 
 def _open(path: Path):

@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .digitscenes import BACKGROUND, IGNORE_INDEX
+from .constants import IGNORE_INDEX
+from .digitscenes import BACKGROUND
 
 # Ten well-separated colours for the digits, dark grey for background, white for "ignore".
 _PALETTE = np.array([

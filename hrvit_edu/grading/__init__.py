@@ -13,8 +13,18 @@ import os
 from typing import Callable
 
 from .answers import Answer, LocalAnswer
-from .core import (Check, CheckFailed, Question, QuestionResult, get_question, hidden_generator, hidden_rng,
-                   questions, register, run_question)
+from .core import (
+    Check,
+    CheckFailed,
+    Question,
+    QuestionResult,
+    get_question,
+    hidden_generator,
+    hidden_rng,
+    questions,
+    register,
+    run_question,
+)
 from .sandbox import CHILD_ENV
 
 

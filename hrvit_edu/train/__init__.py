@@ -13,7 +13,8 @@ from .loop import StepBatchSampler, fit, segmentation_loss
 from .metrics import SegMetrics, boundary_mask, confusion_matrix, metrics_from_confusion
 from .plots import prediction_gallery
 
-__all__ = ["DataBundle", "Budget", "History", "boundary_accuracy", "boundary_mask", "StepBatchSampler", "evaluate", "fit",
+__all__ = ["DataBundle", "Budget", "History", "boundary_accuracy", "boundary_mask", "StepBatchSampler",
+           "evaluate", "fit",
            "load_checkpoint", "lr_factor", "model_fingerprint", "predict", "prediction_gallery",
            "save_checkpoint", "segmentation_loss", "SegMetrics", "confusion_matrix",
            "metrics_from_confusion"]

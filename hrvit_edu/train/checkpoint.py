@@ -45,7 +45,8 @@ def describe_mismatch(theirs: str, mine: str) -> str:
             return f"{key} is {t[key]} in the checkpoint but {m[key]} in the model"
     missing, extra = [k for k in m if k not in t], [k for k in t if k not in m]
     if missing:
-        return f"the checkpoint lacks {missing[0]}" + (f" and {len(missing) - 1} more tensors" if len(missing) > 1 else "")
+        more = f" and {len(missing) - 1} more tensors" if len(missing) > 1 else ""
+        return f"the checkpoint lacks {missing[0]}{more}"
     if extra:
         return f"the checkpoint has {extra[0]}, which the model lacks"
     return "their parameter lists differ"

@@ -7,6 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from ..data.constants import IGNORE_INDEX
 from .distributed import rank_world
 from .metrics import SegMetrics, boundary_mask, confusion_matrix, metrics_from_confusion
 
@@ -27,7 +28,7 @@ def _batches(dataset: Dataset, batch_size: int, indices=None):
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, dataset: Dataset, num_classes: int, ignore_index: int = 255,
+def evaluate(model: nn.Module, dataset: Dataset, num_classes: int, ignore_index: int = IGNORE_INDEX,
              batch_size: int = 100, device: torch.device | str | None = None) -> SegMetrics:
     """Metrics over a whole dataset (sharded across ranks and summed under torch.distributed)."""
     rank, world = rank_world()
@@ -47,7 +48,7 @@ def evaluate(model: nn.Module, dataset: Dataset, num_classes: int, ignore_index:
 
 @torch.no_grad()
 def boundary_accuracy(model: nn.Module, dataset: Dataset, batch_size: int = 100,
-                      ignore_index: int = 255) -> float:
+                      ignore_index: int = IGNORE_INDEX) -> float:
     """Pixel accuracy restricted to :func:`boundary_mask` pixels (digit outlines, thin strokes)."""
     device = next(model.parameters()).device
     hit = total = 0

@@ -29,6 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from ..data.constants import IGNORE_INDEX
 from ..data.datasets import DataBundle
 from .budget import Budget, lr_factor
 from .cache import load_run, run_path, store_run
@@ -86,7 +87,7 @@ class _EpochView(Dataset):
         return self.ds[index]
 
 
-def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = 255):
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_INDEX):
     """Mean pixel cross entropy; logits are upsampled bilinearly to the label size if smaller."""
     if logits.shape[-2:] != target.shape[-2:]:
         logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
@@ -134,7 +135,7 @@ def fit(model: nn.Module, data: DataBundle, budget: Budget, *, device=None,
     rank, world = rank_world()
     show = _show_progress(progress) and rank == 0
     if show:
-        from tqdm.auto import tqdm      # a widget in Jupyter, a text bar in a terminal
+        from tqdm.auto import tqdm  # a widget in Jupyter, a text bar in a terminal
     else:
         from tqdm import tqdm
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

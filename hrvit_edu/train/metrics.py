@@ -16,9 +16,11 @@ import dataclasses
 
 import torch
 
+from ..data.constants import IGNORE_INDEX
+
 
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
-                     ignore_index: int | None = 255) -> torch.Tensor:
+                     ignore_index: int | None = IGNORE_INDEX) -> torch.Tensor:
     """pred, target: integer tensors of the same shape -> (K, K) int64 counts, rows = truth."""
     if pred.shape != target.shape:
         raise ValueError(f"pred {tuple(pred.shape)} and target {tuple(target.shape)} shapes differ")
@@ -58,7 +60,7 @@ def metrics_from_confusion(cm: torch.Tensor) -> SegMetrics:
     return SegMetrics(miou=miou, pixel_acc=acc, iou=iou.tolist())
 
 
-def boundary_mask(target: torch.Tensor, ignore_index: int | None = 255) -> torch.Tensor:
+def boundary_mask(target: torch.Tensor, ignore_index: int | None = IGNORE_INDEX) -> torch.Tensor:
     """Pixels whose 3x3 neighbourhood holds another label (the thin band where fine detail lives).
 
     target (B, H, W) integer -> bool (B, H, W).  Ignored pixels are never boundary pixels.

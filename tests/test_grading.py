@@ -118,71 +118,16 @@ def _sgrad_last_axis(y, dy, dim=-1):
     return y * (dy - (y * dy).sum(-1, keepdim=True))
 
 
-# Kernel questions: the wrong answers are real Triton kernels with one bug each (a torch-only
-# answer is refused outright, see test_grading_integrity.py).
-import triton  # noqa: E402
-import triton.language as tl  # noqa: E402
-
-
-@triton.jit
-def _l2_kernel_no_eps(X, Y, n_cols, stride_x, stride_y, eps, BLOCK: tl.constexpr):
-    row = tl.program_id(0)
-    cols = tl.arange(0, BLOCK)
-    mask = cols < n_cols
-    x = tl.load(X + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
-    y = x / tl.sqrt(tl.sum(x * x, axis=0))
-    tl.store(Y + row * stride_y + cols, y.to(Y.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def _l2_kernel_l1(X, Y, n_cols, stride_x, stride_y, eps, BLOCK: tl.constexpr):
-    row = tl.program_id(0)
-    cols = tl.arange(0, BLOCK)
-    mask = cols < n_cols
-    x = tl.load(X + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
-    y = x / tl.maximum(tl.sum(tl.abs(x), axis=0), eps)
-    tl.store(Y + row * stride_y + cols, y.to(Y.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def _l2_kernel_ok(X, Y, n_cols, stride_x, stride_y, eps, BLOCK: tl.constexpr):
-    row = tl.program_id(0)
-    cols = tl.arange(0, BLOCK)
-    mask = cols < n_cols
-    x = tl.load(X + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
-    y = x / tl.maximum(tl.sqrt(tl.sum(x * x, axis=0)), eps)
-    tl.store(Y + row * stride_y + cols, y.to(Y.dtype.element_ty), mask=mask)
-
-
-def _l2_launcher(kernel, out_dtype=None):
-    def l2_normalize_rows(x):
-        x = x.contiguous()
-        y = torch.empty_like(x, dtype=out_dtype or x.dtype)
-        kernel[(x.shape[0],)](x, y, x.shape[1], x.stride(0), y.stride(0), 1e-6,
-                              BLOCK=triton.next_power_of_2(max(x.shape[1], 16)))
-        return y
-    return l2_normalize_rows
-
-
-@triton.jit
-def _right_kernel_no_bias(X, BW, BB, Y, M, P: tl.constexpr, BLOCK_M: tl.constexpr, PP: tl.constexpr):
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.arange(0, PP)
-    xmask = (rows[:, None] < M) & (cols[None, :] < P)
-    x = tl.load(X + rows[:, None] * P + cols[None, :], mask=xmask, other=0.0).to(tl.float32)
-    wmask = (cols[:, None] < P) & (cols[None, :] < P)
-    bw = tl.load(BW + cols[:, None] * P + cols[None, :], mask=wmask, other=0.0).to(tl.float32)
-    y = tl.dot(x, tl.trans(bw), input_precision="ieee")
-    tl.store(Y + rows[:, None] * P + cols[None, :], y.to(Y.dtype.element_ty), mask=xmask)
-
-
-def _right_launcher(x, B, b_B):
-    x = x.contiguous()
-    m, p = x.shape
-    y = torch.empty_like(x)
-    _right_kernel_no_bias[(triton.cdiv(m, 16),)](x, B.contiguous(), b_B.contiguous(), y, m, P=p, BLOCK_M=16,
-                                                 PP=max(16, triton.next_power_of_2(p)))
-    return y
+# Kernel questions: the wrong answers are real Triton kernels with one bug each, in
+# grading_kernels.py (a torch-only answer is refused outright, see test_grading_integrity.py).
+from grading_kernels import (  # noqa: E402
+    l2_kernel_l1,
+    l2_kernel_no_eps,
+    l2_kernel_ok,
+    l2_launcher,
+    right_kernel_no_bias,
+    right_launcher,
+)
 
 
 def _kron_no_transpose(A, B, x):
@@ -228,7 +173,7 @@ WRONG = [
     ("hrvit.des", _des_no_act, "activation GELU"),
     ("hrvit.stripes", _stripes_row_major_vertical, "column-major"),
     ("hrvit.fusion", _fuse_relu, "not HRNet's ReLU"),
-    ("hrvit.des_kernel", (_right_launcher, _right_kernel_no_bias), "max abs error"),
+    ("hrvit.des_kernel", (right_launcher, right_kernel_no_bias), "max abs error"),
     ("preface.miou", lambda p, t, k, i=255: torch.zeros(()), "got 0.0000"),
     ("preface.miou", _miou_pixel_acc, "pixel accuracy"),
     ("preface.miou", _miou_no_ignore, "ignore index must be dropped"),
@@ -240,9 +185,9 @@ WRONG = [
     ("preface.softmax_grad", _sgrad_missing_term, "eq. (S2)"),
     ("preface.softmax_grad", _sgrad_last_axis, "reduce over `dim`"),
     ("preface.softmax_grad", lambda y, dy, dim=-1: torch.zeros_like(y), "max abs error"),
-    ("preface.l2norm_kernel", (_l2_launcher(_l2_kernel_no_eps), _l2_kernel_no_eps), "NaN"),
-    ("preface.l2norm_kernel", (_l2_launcher(_l2_kernel_ok, torch.float32), _l2_kernel_ok), "dtype float16"),
-    ("preface.l2norm_kernel", (_l2_launcher(_l2_kernel_l1), _l2_kernel_l1), "max abs error"),
+    ("preface.l2norm_kernel", (l2_launcher(l2_kernel_no_eps), l2_kernel_no_eps), "NaN"),
+    ("preface.l2norm_kernel", (l2_launcher(l2_kernel_ok, torch.float32), l2_kernel_ok), "dtype float16"),
+    ("preface.l2norm_kernel", (l2_launcher(l2_kernel_l1), l2_kernel_l1), "max abs error"),
 ]
 
 

@@ -1,0 +1,66 @@
+"""Triton answers to the kernel questions, each with one bug (and one correct kernel), shared by
+the grading tests."""
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def l2_kernel_no_eps(X, Y, n_cols, stride_x, stride_y, eps, BLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < n_cols
+    x = tl.load(X + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
+    y = x / tl.sqrt(tl.sum(x * x, axis=0))
+    tl.store(Y + row * stride_y + cols, y.to(Y.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def l2_kernel_l1(X, Y, n_cols, stride_x, stride_y, eps, BLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < n_cols
+    x = tl.load(X + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
+    y = x / tl.maximum(tl.sum(tl.abs(x), axis=0), eps)
+    tl.store(Y + row * stride_y + cols, y.to(Y.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def l2_kernel_ok(X, Y, n_cols, stride_x, stride_y, eps, BLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < n_cols
+    x = tl.load(X + row * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
+    y = x / tl.maximum(tl.sqrt(tl.sum(x * x, axis=0)), eps)
+    tl.store(Y + row * stride_y + cols, y.to(Y.dtype.element_ty), mask=mask)
+
+
+def l2_launcher(kernel, out_dtype=None):
+    def l2_normalize_rows(x):
+        x = x.contiguous()
+        y = torch.empty_like(x, dtype=out_dtype or x.dtype)
+        kernel[(x.shape[0],)](x, y, x.shape[1], x.stride(0), y.stride(0), 1e-6,
+                              BLOCK=triton.next_power_of_2(max(x.shape[1], 16)))
+        return y
+    return l2_normalize_rows
+
+
+@triton.jit
+def right_kernel_no_bias(X, BW, BB, Y, M, P: tl.constexpr, BLOCK_M: tl.constexpr, PP: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.arange(0, PP)
+    xmask = (rows[:, None] < M) & (cols[None, :] < P)
+    x = tl.load(X + rows[:, None] * P + cols[None, :], mask=xmask, other=0.0).to(tl.float32)
+    wmask = (cols[:, None] < P) & (cols[None, :] < P)
+    bw = tl.load(BW + cols[:, None] * P + cols[None, :], mask=wmask, other=0.0).to(tl.float32)
+    y = tl.dot(x, tl.trans(bw), input_precision="ieee")
+    tl.store(Y + rows[:, None] * P + cols[None, :], y.to(Y.dtype.element_ty), mask=xmask)
+
+
+def right_launcher(x, B, b_B):
+    x = x.contiguous()
+    m, p = x.shape
+    y = torch.empty_like(x)
+    right_kernel_no_bias[(triton.cdiv(m, 16),)](x, B.contiguous(), b_B.contiguous(), y, m, P=p, BLOCK_M=16,
+                                                 PP=max(16, triton.next_power_of_2(p)))
+    return y

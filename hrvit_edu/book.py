@@ -4,12 +4,16 @@
     python -m hrvit_edu.book --only 01 --profile ci
     make book ARGS="--only 01 --profile ci"     # the same through make
 
-Writes ``build/<chapter>.ipynb`` (executed; partial if a cell failed) and
-``build/<chapter>.html``.  On a terminal each chapter shows a progress bar over its cells with
-the section being run and, once a previous run left per-cell times in ``build/timings/``, the
-time left; in a log (no terminal) it prints one line per finished chapter.  A failing chapter
-reports the cell, its section, the exception and the end of the traceback; the other chapters
-still run, the summary marks it FAILED and the exit status is 1.
+Writes ``build/<chapter>.ipynb`` (executed; partial if a cell failed), ``build/<chapter>.html``,
+``build/summary.json`` and, with the ``[book]`` extra installed, the static site ``build/site/``
+(:mod:`hrvit_edu.site`: chapters, exercises, API pages, search; works offline).  Open it with
+``python -m hrvit_edu.book --serve`` (http://localhost:8000/).
+
+On a terminal each chapter shows a progress bar over its cells with the section being run and,
+once a previous run left per-cell times in ``build/timings/``, the time left; in a log (no
+terminal) it prints one line per finished chapter.  A failing chapter reports the cell, its
+section, the exception and the end of the traceback; the other chapters still run, the summary
+marks it FAILED and the exit status is 1.
 """
 from __future__ import annotations
 
@@ -95,7 +99,19 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=int, default=1800, help="per-cell timeout in seconds")
     ap.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                     help="progress bar per chapter (default: only when stderr is a terminal)")
+    ap.add_argument("--site", action=argparse.BooleanOptionalAction, default=True,
+                    help="build the static site build/site/ after the chapters (default: on)")
+    ap.add_argument("--serve", action="store_true", help="only serve build/site/ on localhost, then exit")
+    ap.add_argument("--port", type=int, default=8000, help="port for --serve")
     args = ap.parse_args(argv)
+    if args.serve:
+        from .site import serve
+        site = Path(args.out) / "site"
+        if not (site / "index.html").exists():
+            print(f"no site in {site}: run `make book` first", file=sys.stderr)
+            return 1
+        serve(site, args.port)
+        return 0
 
     from .profiles import get_profile
     profile = get_profile(args.profile).name
@@ -137,7 +153,39 @@ def main(argv=None) -> int:
             m = f"cell {failure.cell}: {failure.error}"
         print(f"{name:24s} {status:8s} {dt:6.0f} s  {m}")
     print(f"\nexecuted notebooks and HTML in {out}/")
+    summary = {"profile": profile, "device": _device(),
+               "chapters": [{"name": name, "status": status, "seconds": round(dt, 1), "metrics": metrics}
+                            for name, status, dt, metrics, _ in rows]}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    if args.site:
+        failed += not _site(out, summary, [out / p.name for p in paths])
     return 1 if failed else 0
+
+
+def _device() -> dict:
+    import torch
+
+    from .bench import env_info
+
+    info = env_info("cuda" if torch.cuda.is_available() else "cpu")
+    return {k: info.get(k) for k in ("device", "threads", "torch", "triton")}
+
+
+def _site(out: Path, summary: dict, chapters: list[Path]) -> bool:
+    """Build build/site/ from the notebooks just executed; one line of report.  False on failure."""
+    from .grading.assign import find_root
+    from .site import build_site
+
+    exercises = sorted((find_root() / "exercises").glob("*.ipynb"))
+    try:
+        facts = build_site(chapters, exercises, out / "site", summary, log=out / "logs" / "site.log")
+    except RuntimeError as e:
+        print(f"site: not built: {e}", file=sys.stderr)
+        return False
+    print(f"site: {facts['index']} ({facts['pages']} pages, {facts['bytes'] / 1e6:.1f} MB, "
+          f"{facts['seconds']:.0f} s, {facts['warnings']} Sphinx warnings; log {facts['log']}); "
+          f"serve it with `python -m hrvit_edu.book --serve`")
+    return True
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create ./.venv (if needed) and install hrvit-edu with its notebook and test extras.
+# Create ./.venv (if needed) and install hrvit-edu with its notebook, test and book (site) extras.
 # On a CPU-only Linux machine torch is pinned to the CPU build 2.13.0 (this is the only place a
 # version is pinned; pyproject.toml keeps ranges).  Override with HRVIT_EDU_TORCH_SPEC="torch==X".
 # Prints one line per step; pip's own output goes to build/logs/setup.log (shown if a step fails).
@@ -43,5 +43,5 @@ if ! "$VPY" -c "import torch" 2>/dev/null; then
     step "installing $spec" "$VPY" -m pip install "$spec"
   fi
 fi
-step "installing hrvit-edu[notebooks,test] (editable)" "$VPY" -m pip install -e ".[notebooks,test]"
+step "installing hrvit-edu[notebooks,test,book] (editable)" "$VPY" -m pip install -e ".[notebooks,test,book]"
 "$VPY" -c "import hrvit_edu, torch; print('[setup] ok: hrvit-edu', hrvit_edu.__version__, '| torch', torch.__version__)"

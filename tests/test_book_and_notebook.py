@@ -26,7 +26,7 @@ def _cells(path, *cells):
 
 def _book(chapters, out, *extra):
     return subprocess.run([sys.executable, "-m", "hrvit_edu.book", "--chapters", str(chapters),
-                           "--out", str(out), "--profile", "ci", *extra],
+                           "--out", str(out), "--profile", "ci", "--no-site", *extra],
                           capture_output=True, text=True, timeout=600)
 
 
@@ -77,6 +77,25 @@ def test_book_is_quiet_in_logs_and_shows_progress_on_request(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "00_a 2/2 cells" in r.stderr and "Second section" in r.stderr and "left" in r.stderr, r.stderr
     assert "WARNING" not in r.stderr
+
+
+def test_serve_serves_the_site(tmp_path):
+    import urllib.request
+    r = subprocess.run([sys.executable, "-m", "hrvit_edu.book", "--out", str(tmp_path), "--serve"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "no site in" in r.stderr and "run `make book` first" in r.stderr
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "index.html").write_text("<html><body>the book</body></html>")
+    proc = subprocess.Popen([sys.executable, "-m", "hrvit_edu.book", "--out", str(tmp_path), "--serve", "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        url = line.split(" at ")[1].split()[0]
+        with urllib.request.urlopen(url + "index.html", timeout=30) as page:
+            assert b"the book" in page.read()
+    finally:
+        proc.kill()
+        proc.communicate(timeout=30)
 
 
 def test_book_refuses_unknown_profile(tmp_path):

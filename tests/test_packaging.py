@@ -24,7 +24,7 @@ def _name(req: str) -> str:
 def test_environment_yml_lists_the_pyproject_dependencies():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     wanted = list(project["dependencies"])
-    for extra in ("notebooks", "test"):
+    for extra in ("notebooks", "test", "book"):
         wanted += project["optional-dependencies"][extra]
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
@@ -36,7 +36,7 @@ def test_environment_yml_lists_the_pyproject_dependencies():
     names = {_name(r) for r in wanted}
     extra = {_name(l) for l in listed} - names
     assert not extra, f"environment.yml lists packages pyproject.toml does not: {extra}"
-    assert "-e .[notebooks,test]" in pip
+    assert "-e .[notebooks,test,book]" in pip
 
 
 def test_torch_is_not_pinned_in_pyproject():
@@ -73,7 +73,7 @@ def test_license_citation_and_entry_points():
     assert meta["license"] == "MIT" and "MIT License" in (ROOT / "LICENSE").read_text()
     cff = yaml.safe_load((ROOT / "CITATION.cff").read_text())
     titles = [r["title"] for r in cff["references"]]
-    assert len(titles) == 5 and any(t.startswith("HRViT") for t in titles)
+    assert len(titles) == 5 and any("High-Resolution Vision Transformer" in t for t in titles)
     bib = (ROOT / "docs" / "references.bib").read_text()
     assert bib.count("@inproceedings") == 5
     for name, target in meta["scripts"].items():

@@ -73,12 +73,12 @@ class Check:
 class Question:
     """A graded question.
 
-    ``function``   the name the reader defines in the notebook (what ``answer(...)`` calls).
-    ``kernel``     the name of a ``@triton.jit`` function the checks launch themselves.
-    ``forbidden``  torch functions/ops the answer may not call, e.g. ``"torch.kron"``,
-                   ``"torch.Tensor.kron"``, ``"torch.ops.hrvit_edu.des"``.
-    ``off_limits`` package functions, classes or modules that stop working while the answer
-                   runs ("write this yourself"), e.g. ``"hrvit_edu.models.hrvit.stripe_partition"``.
+    * ``function``: the name the reader defines in the notebook (what ``answer(...)`` calls).
+    * ``kernel``: the name of a ``@triton.jit`` function the checks launch themselves.
+    * ``forbidden``: torch functions/ops the answer may not call, e.g. ``"torch.kron"``,
+      ``"torch.Tensor.kron"``, ``"torch.ops.hrvit_edu.des"``.
+    * ``off_limits``: package functions, classes or modules that stop working while the answer
+      runs ("write this yourself"), e.g. ``"hrvit_edu.models.hrvit.stripe_partition"``.
     """
     id: str                                    # "<chapter>.<name>"
     title: str

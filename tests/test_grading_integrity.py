@@ -438,3 +438,90 @@ def test_cli_reports_only_its_own_scores(tmp_path):
     r = subprocess.run([sys.executable, "-m", "hrvit_edu.grading", str(path), "--only", "preface.nope"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "unknown question" in r.stderr
+
+
+# ------------------------------------------------------------------------------ red-team findings
+def test_forbidden_calls_by_their_aten_names_and_numpy_are_refused():
+    import numpy as np
+    kron_aten = lambda A, B, x: x @ torch.ops.aten.kron(A, B).T                      # noqa: E731
+    kron_numpy = lambda A, B, x: x @ torch.from_numpy(np.kron(A.numpy(), B.numpy())).T  # noqa: E731
+    sm_aten = lambda y, dy, dim=-1: torch.ops.aten._softmax_backward_data(dy, y, dim, y.dtype)  # noqa: E731
+    for qid, fn, needle in [("hrvit.kron_fold", kron_aten, "forbids `torch."),
+                            ("hrvit.kron_fold", kron_numpy, "forbids `numpy.kron`"),
+                            ("preface.softmax_grad", sm_aten, "forbids `torch._softmax_backward_data`")]:
+        r = grade_function(qid, fn, seed=0)
+        assert r.points == 0 and any(needle in m for m in r.messages), (qid, r.messages)
+    assert np.kron(np.eye(2), np.ones((1, 1))).shape == (2, 2)                       # restored
+
+
+def test_a_kernel_launched_for_show_then_overwritten_scores_nothing():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def l2norm_kernel(X, Y, n_cols, stride_x, stride_y, eps, BLOCK: tl.constexpr):
+        pass
+
+    def l2_normalize_rows(x):
+        y = torch.empty_like(x)
+        l2norm_kernel[(x.shape[0],)](x, y, x.shape[1], x.stride(0), y.stride(0), 1e-6, BLOCK=16)
+        xf = x.float()
+        return y.copy_((xf / xf.square().sum(-1, keepdim=True).sqrt().clamp_min(1e-6)).to(x.dtype))
+    r = grade_function("preface.l2norm_kernel", l2_normalize_rows, kernel=l2norm_kernel, seed=0)
+    assert r.points == 0, r
+    assert any("as the kernel left it" in m for m in r.messages), r.messages
+
+
+def test_dict_keys_that_are_tensors_are_plain_numbers():
+    def class_boxes(mask):
+        boxes = {}
+        for c in torch.unique(mask):                   # tensor keys: a correct, common way to write it
+            if c.item() in (10, 255):
+                continue
+            ys, xs = torch.nonzero(mask == c, as_tuple=True)
+            boxes[c] = (ys.min(), xs.min(), ys.max() + 1, xs.max() + 1)
+        return boxes
+    r = grade_function("preface.digit_boxes", class_boxes, seed=0)
+    assert r.points == r.max_points, r
+
+
+RESTORE_THE_CODE = '''
+from hrvit_edu.models.hrvit import stripe_partition
+_code = stripe_partition.__code__
+def stripe_windows(x, s, orientation):
+    stripe_partition.__code__ = _code
+    return stripe_partition(x, s, orientation)
+'''
+
+SPAWN_AND_LEAVE = '''
+import subprocess, pathlib, os
+_p = subprocess.Popen(["sleep", "300"])
+pathlib.Path(os.environ.get("ORPHAN_PID_FILE", "orphan.pid")).write_text(str(_p.pid))
+'''
+
+
+@pytest.mark.slow
+def test_saving_the_package_code_at_load_time_does_not_help_and_leftovers_die(tmp_path, monkeypatch):
+    import os
+    pid_file = tmp_path / "orphan.pid"
+    monkeypatch.setenv("ORPHAN_PID_FILE", str(pid_file))
+    path = _variant(HRVIT, tmp_path / "01_hrvit.ipynb", answers={"stripe_windows": RESTORE_THE_CODE},
+                    extra=[SPAWN_AND_LEAVE])
+    scores, _ = _scores(path, only=["hrvit.stripes"])
+    r = scores["hrvit.stripes"]
+    assert r.points == 0 and any("stripe_partition` is part of the package" in m for m in r.messages), r
+    pid = int(pid_file.read_text())
+    time.sleep(0.5)
+    alive = os.path.exists(f"/proc/{pid}") and "Z" not in open(f"/proc/{pid}/stat").read().split()[2]
+    assert not alive, "a process the notebook started outlived the grading"
+
+
+@pytest.mark.slow
+def test_the_cli_launches_kernels_on_a_cpu_without_any_environment_switch():
+    import os
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    r = subprocess.run([sys.executable, "-m", "hrvit_edu.grading", str(PREFACE), "--json",
+                        "--only", "preface.l2norm_kernel"], capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr
+    q = json.loads(r.stdout)["questions"][0]
+    assert q["points"] == q["max_points"] == 4, q

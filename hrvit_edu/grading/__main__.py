@@ -37,6 +37,12 @@ def grade_notebook(path: Path, *, only: list[str] | None = None, seed: int | Non
     """
     import nbformat
 
+    from .. import kernels
+
+    try:     # before the checks import any kernel module: the grader launches kernels on the CPU
+        kernels.enable_interpreter()
+    except RuntimeError:
+        pass     # kernel modules already built natively in this process: kernel checks will say so
     path = Path(path).resolve()
     nb = nbformat.read(path, as_version=4)
     chapter = chapter_of(nb, path)

@@ -66,8 +66,17 @@ def to_wire(value: Any, _depth: int = 0) -> Any:
     if isinstance(value, (list, tuple)) and type(value) in (list, tuple):
         return type(value)(to_wire(v, _depth + 1) for v in value)
     if isinstance(value, dict) and type(value) is dict:
-        return {(k if isinstance(k, (int, str)) else str(k)): to_wire(v, _depth + 1) for k, v in value.items()}
+        return {_key(k): to_wire(v, _depth + 1) for k, v in value.items()}
     return {OPAQUE: type(value).__name__}
+
+
+def _key(k: Any):
+    """Dict keys as plain data: a 0-d tensor or numpy scalar becomes its Python number."""
+    if isinstance(k, torch.Tensor) and k.numel() == 1:
+        return k.item()
+    if isinstance(k, np.generic):
+        return k.item()
+    return k if isinstance(k, (int, float, str, bool)) or k is None else str(k)
 
 
 def from_wire(value: Any) -> Any:
@@ -161,8 +170,12 @@ def _func_key(func: Any) -> Any:
 
 
 def forbidden_keys(names: tuple[str, ...]) -> dict:
+    """What the mode refuses: each named torch function, and its aten op (``torch.ops.aten.kron``
+    is ``torch.kron`` by another name)."""
     keys = {}
     for name in names:
+        if name.startswith("torch.") and not name.startswith("torch.ops."):
+            keys[("op", f"aten::{name.rsplit('.', 1)[1]}")] = name
         try:
             keys[_func_key(_resolve(name))] = name
         except (ImportError, AttributeError):
@@ -186,9 +199,15 @@ class _Forbid(TorchFunctionMode):
 _OFF_LIMITS_HITS: list[str] = []
 
 
+def _off_limits_message(name: str) -> str:
+    if name.startswith("hrvit_edu."):
+        return f"`{name}` is part of the package you are re-implementing: write this yourself"
+    return f"this question forbids `{name}`"
+
+
 def _off_limits_hit(name: str) -> OffLimits:        # called by the swapped-in code
     _OFF_LIMITS_HITS.append(name)
-    return OffLimits(f"`{name}` is part of the package you are re-implementing: write this yourself")
+    return OffLimits(_off_limits_message(name))
 
 
 def _stub_code(name: str, n_free: int) -> types.CodeType:
@@ -206,11 +225,31 @@ def _stub_code(name: str, n_free: int) -> types.CodeType:
     return ns["_outer"]().__code__
 
 
+def _stub_function(name: str):
+    fn = types.FunctionType(_stub_code(name, 0), {"__builtins__": __builtins__}, name.rsplit(".", 1)[-1])
+    fn.__off_limits__ = name
+    return fn
+
+
+def off_limits_attributes(names: tuple[str, ...]) -> list[tuple[str, Any, str]]:
+    """Off-limits callables that are not Python functions (``numpy.kron``): (name, owner, attribute),
+    replaced on their module rather than by swapping code."""
+    out = []
+    for name in names:
+        obj = _resolve(name)
+        if not isinstance(obj, (types.ModuleType, type, types.FunctionType)) and callable(obj):
+            owner = _resolve(name.rsplit(".", 1)[0])
+            out.append((name, owner, name.rsplit(".", 1)[1]))
+    return out
+
+
 def off_limits_functions(names: tuple[str, ...]) -> list[tuple[str, types.FunctionType]]:
     """Expand names (functions, classes, modules) into the plain functions to swap."""
     out = []
     for name in names:
         obj = _resolve(name)
+        if not isinstance(obj, (types.ModuleType, type, types.FunctionType)) and callable(obj):
+            continue                                      # see off_limits_attributes
         if isinstance(obj, types.ModuleType):
             items = [(f"{name}.{k}", v) for k, v in vars(obj).items()
                      if isinstance(v, types.FunctionType) and v.__module__ == obj.__name__]
@@ -226,15 +265,30 @@ def off_limits_functions(names: tuple[str, ...]) -> list[tuple[str, types.Functi
 
 
 @contextlib.contextmanager
-def _swapped(functions: list[tuple[str, types.FunctionType]]):
+def _swapped(functions: list[tuple[str, types.FunctionType]], attributes=()):
     saved = [(fn, fn.__code__) for _, fn in functions]
+    saved_attrs = [(owner, attr, getattr(owner, attr)) for _, owner, attr in attributes]
     try:
         for name, fn in functions:
             fn.__code__ = _stub_code(name, len(fn.__code__.co_freevars))
+        for name, owner, attr in attributes:
+            setattr(owner, attr, _stub_function(name))
         yield
     finally:
         for fn, code in saved:
             fn.__code__ = code
+        for owner, attr, value in saved_attrs:
+            setattr(owner, attr, value)
+
+
+def seal(questions) -> None:
+    """Make every off-limits function of ``questions`` unusable for good (the grading sandbox's
+    child, before the notebook runs): no original code is left for an answer to save and put back."""
+    for q in questions:
+        for name, fn in off_limits_functions(q.off_limits):
+            fn.__code__ = _stub_code(name, len(fn.__code__.co_freevars))
+        for name, owner, attr in off_limits_attributes(q.off_limits):
+            setattr(owner, attr, _stub_function(name))
 
 
 # ------------------------------------------------------------------------------ kernels
@@ -265,9 +319,16 @@ def _storage(t: torch.Tensor) -> int:
     return t.untyped_storage().data_ptr()
 
 
+def _bytes(t: torch.Tensor) -> torch.Tensor:
+    """The raw bytes of a tensor's whole storage, as a uint8 tensor (a copy)."""
+    return torch.empty(0, dtype=torch.uint8, device=t.device).set_(t.untyped_storage()).clone()
+
+
 @contextlib.contextmanager
-def _count_launches(kernel: Any, counter: list, buffers: set):
-    """Count launches of ``kernel`` and remember the storage of every tensor it was given."""
+def _count_launches(kernel: Any, counter: list, buffers: dict):
+    """Count launches of ``kernel`` and remember, for every tensor it was given, the bytes of its
+    storage right after the launch (so we can tell whether a returned buffer holds what the
+    kernel stored, or what the launcher wrote over it afterwards)."""
     if kernel is None or not hasattr(kernel, "run"):
         yield
         return
@@ -276,8 +337,11 @@ def _count_launches(kernel: Any, counter: list, buffers: set):
 
     def run(*args, **kwargs):
         counter[0] += 1
-        buffers.update(_storage(a) for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor))
-        return original(*args, **kwargs)
+        out = original(*args, **kwargs)
+        for a in list(args) + list(kwargs.values()):
+            if isinstance(a, torch.Tensor):
+                buffers[_storage(a)] = _bytes(a)
+        return out
 
     kernel.run = run
     try:
@@ -342,15 +406,17 @@ def _execute(question: Question, namespace: dict, op: str, payload: tuple) -> Re
             return reply
     forbid = _Forbid(forbidden_keys(question.forbidden))
     swap = off_limits_functions(question.off_limits)
-    launches, buffers = [0], set()
+    swap_attrs = off_limits_attributes(question.off_limits)
+    launches, buffers = [0], {}
     del _OFF_LIMITS_HITS[:]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            with _swapped(swap), _count_launches(kernel, launches, buffers), forbid:
+            with _swapped(swap, swap_attrs), _count_launches(kernel, launches, buffers), forbid:
                 reply.value = _run(op, target, payload)
             if isinstance(reply.value, torch.Tensor):
-                reply.from_kernel = _storage(reply.value) in buffers
+                after = buffers.get(_storage(reply.value))
+                reply.from_kernel = after is not None and torch.equal(after, _bytes(reply.value))
         except CheckTimeout:
             raise
         except BaseException as e:    # noqa: BLE001 - sys.exit, KeyboardInterrupt, anything
@@ -359,8 +425,7 @@ def _execute(question: Question, namespace: dict, op: str, payload: tuple) -> Re
     if hits and (reply.error is None or reply.error["kind"] != "rule"):
         # caught and hidden by the answer: still a breach of the rule
         first = hits[0]
-        msg = (f"this question forbids `{first}`" if first in question.forbidden
-               else f"`{first}` is part of the package you are re-implementing: write this yourself")
+        msg = f"this question forbids `{first}`" if first in question.forbidden else _off_limits_message(first)
         reply.error, reply.value = {"kind": "rule", "type": "OffLimits", "message": msg}, None
     reply.launches = launches[0]
     reply.warnings = [(w.category.__name__, clean_message(w.message)) for w in caught[:5]]
@@ -426,7 +491,8 @@ class Answer:
                               "the work must be done by your kernel")
         if not r.from_kernel:
             raise CheckFailed(f"`{self.question.function}` must return the output buffer that "
-                              f"`{self.question.kernel}` stored into, not a tensor computed otherwise")
+                              f"`{self.question.kernel}` stored into, as the kernel left it (not a tensor "
+                              "computed or written otherwise)")
 
     def time_limit(self, seconds: float):
         return contextlib.nullcontext()

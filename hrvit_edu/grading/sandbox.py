@@ -24,6 +24,7 @@ import io
 import multiprocessing
 import os
 import pickle
+import signal
 import time
 from pathlib import Path
 
@@ -50,6 +51,7 @@ def _send(conn, obj) -> None:
 
 def _child_main(conn, notebook: str, skip: list[int]) -> None:
     """Entry point of the child: load the notebook, then serve requests until the pipe closes."""
+    os.setsid()                    # its own process group: closing the sandbox kills what it started
     os.environ.update({CHILD_ENV: "1", "TQDM_DISABLE": "1", "MPLBACKEND": "Agg",
                        "PYDEVD_DISABLE_FILE_VALIDATION": "1"})
     devnull = os.open(os.devnull, os.O_WRONLY)           # the notebook's prints go nowhere
@@ -61,8 +63,11 @@ def _child_main(conn, notebook: str, skip: list[int]) -> None:
     from IPython.core.interactiveshell import InteractiveShell
 
     from .. import kernels
+    from .answers import seal
+    from .core import questions
 
     kernels.enable_interpreter()          # the reader's @triton.jit kernels run on the CPU too
+    seal(questions())                     # before any cell: nothing of the originals to save and restore
     shell = InteractiveShell.instance()
     nb = nbformat.read(notebook, as_version=4)
     for index, cell in enumerate(nb.cells):
@@ -148,6 +153,10 @@ class Sandbox:
             self.conn.close()
             self.conn = None
         if self.proc is not None:
+            try:                                  # the child and anything it started (its group)
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError, OSError):
+                pass
             if self.proc.is_alive():
                 self.proc.kill()
             self.proc.join(5)

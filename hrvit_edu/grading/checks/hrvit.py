@@ -12,7 +12,7 @@ from ..core import Check, CheckFailed, Question, hidden_generator, hidden_rng, r
 
 _OWN = "hrvit_edu.grading.checks.hrvit"
 # The fold and DES questions re-implement what these compute: none of them may be called.
-_DES_PACKAGE = ("hrvit_edu.kernels.des", "hrvit_edu.models.hrvit.DES", _OWN)
+_DES_PACKAGE = ("hrvit_edu.kernels.des", "hrvit_edu.models.hrvit.DES", _OWN, "numpy.kron")
 _DES_CALLS = ("torch.kron", "torch.Tensor.kron", "torch.ops.hrvit_edu.des", "torch.ops.hrvit_edu.des_backward")
 
 

@@ -270,7 +270,7 @@ def _sgrad_hidden(fn):
 
 
 # dx needs only y and dy: recomputing a softmax, or asking autograd, is not the exercise.
-_SOFTMAX_CALLS = ("torch.softmax", "torch.Tensor.softmax", "torch.nn.functional.softmax",
+_SOFTMAX_CALLS = ("torch.softmax", "torch._softmax", "torch.Tensor.softmax", "torch.nn.functional.softmax",
                   "torch.log_softmax", "torch.Tensor.log_softmax", "torch.nn.functional.log_softmax",
                   "torch._softmax_backward_data", "torch.ops.hrvit_edu.softmax_rows_backward")
 

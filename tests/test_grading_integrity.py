@@ -525,3 +525,28 @@ def test_the_cli_launches_kernels_on_a_cpu_without_any_environment_switch():
     assert r.returncode == 0, r.stderr
     q = json.loads(r.stdout)["questions"][0]
     assert q["points"] == q["max_points"] == 4, q
+
+
+def test_a_buffer_that_already_held_the_answer_is_judged_by_replaying_the_launch():
+    """Uninitialised memory can already hold the answer (a freed block of an earlier identical
+    call): the grader then replays the launch on a NaN-filled copy to see who writes it."""
+    import triton
+    import triton.language as tl
+    from grading_kernels import l2_kernel_ok
+
+    @triton.jit
+    def l2_noop(X, Y, n_cols, stride_x, stride_y, eps, BLOCK: tl.constexpr):
+        pass
+
+    def launcher(kernel):
+        def l2_normalize_rows(x):
+            xf = x.float()
+            y = (xf / xf.square().sum(-1, keepdim=True).sqrt().clamp_min(1e-6)).to(x.dtype)   # answer first
+            kernel[(x.shape[0],)](x, y, x.shape[1], x.stride(0), y.stride(0), 1e-6,
+                                  BLOCK=triton.next_power_of_2(max(x.shape[1], 16)))
+            return y
+        return l2_normalize_rows
+    honest = grade_function("preface.l2norm_kernel", launcher(l2_kernel_ok), kernel=l2_kernel_ok, seed=0)
+    assert honest.points == honest.max_points, honest          # the kernel rewrote the same values
+    cheat = grade_function("preface.l2norm_kernel", launcher(l2_noop), kernel=l2_noop, seed=0)
+    assert cheat.points == 0 and any("as the kernel left it" in m for m in cheat.messages), cheat

@@ -324,26 +324,71 @@ def _bytes(t: torch.Tensor) -> torch.Tensor:
     return torch.empty(0, dtype=torch.uint8, device=t.device).set_(t.untyped_storage()).clone()
 
 
+def _rebuild(t: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
+    """A tensor with ``t``'s dtype, offset, size and strides over a copy of the bytes ``raw``."""
+    return torch.empty(0, dtype=t.dtype, device=t.device).set_(
+        raw.clone().untyped_storage(), t.storage_offset(), t.size(), t.stride())
+
+
+class _Launches:
+    """What the question's kernel did during one call: how often it ran, and for every storage it
+    was given the bytes before the launch and after it, with the launch itself kept to replay."""
+
+    def __init__(self):
+        self.count = 0
+        self.seen: dict[int, tuple] = {}          # storage -> (before, after, run, args, kwargs, pre)
+
+    def record(self, run, args, kwargs):
+        tensors = [a for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor)]
+        pre = {id(a): _bytes(a) for a in tensors}
+        out = run(*args, **kwargs)
+        self.count += 1
+        for a in tensors:
+            self.seen[_storage(a)] = (pre[id(a)], _bytes(a), run, args, kwargs, pre)
+        return out
+
+    def wrote(self, value: torch.Tensor) -> bool:
+        """Does ``value`` hold exactly what the kernel stored into it?
+
+        The bytes must be those left by the kernel's last launch on that storage, and that launch
+        must have written them: when the launch left the buffer unchanged (its uninitialised
+        memory may already hold the answer), the launch is replayed on copies with this buffer
+        filled with NaN, and must overwrite it.
+        """
+        rec = self.seen.get(_storage(value))
+        if rec is None:
+            return False
+        before, after, run, args, kwargs, pre = rec
+        if not torch.equal(after, _bytes(value)):
+            return False                                  # changed after the kernel left it
+        if not torch.equal(before, after):
+            return True
+        target = _storage(value)
+
+        def copy(a):
+            if not isinstance(a, torch.Tensor):
+                return a
+            raw = pre[id(a)].clone()
+            if _storage(a) == target:
+                raw.fill_(0xFF)                           # all-ones bytes: NaN in every float format
+            return _rebuild(a, raw)
+        cargs, ckw = [copy(a) for a in args], {k: copy(v) for k, v in kwargs.items()}
+        poisoned = [c for a, c in zip(list(args) + list(kwargs.values()), cargs + list(ckw.values()))
+                    if isinstance(a, torch.Tensor) and _storage(a) == target]
+        marks = [_bytes(c) for c in poisoned]
+        run(*cargs, **ckw)
+        return any(not torch.equal(m, _bytes(c)) for m, c in zip(marks, poisoned))
+
+
 @contextlib.contextmanager
-def _count_launches(kernel: Any, counter: list, buffers: dict):
-    """Count launches of ``kernel`` and remember, for every tensor it was given, the bytes of its
-    storage right after the launch (so we can tell whether a returned buffer holds what the
-    kernel stored, or what the launcher wrote over it afterwards)."""
+def _count_launches(kernel: Any, launches: _Launches):
+    """Record every launch of ``kernel`` during the block (see :class:`_Launches`)."""
     if kernel is None or not hasattr(kernel, "run"):
         yield
         return
     original = kernel.run
     had_own = "run" in vars(kernel)
-
-    def run(*args, **kwargs):
-        counter[0] += 1
-        out = original(*args, **kwargs)
-        for a in list(args) + list(kwargs.values()):
-            if isinstance(a, torch.Tensor):
-                buffers[_storage(a)] = _bytes(a)
-        return out
-
-    kernel.run = run
+    kernel.run = lambda *args, **kwargs: launches.record(original, args, kwargs)
     try:
         yield
     finally:
@@ -407,16 +452,15 @@ def _execute(question: Question, namespace: dict, op: str, payload: tuple) -> Re
     forbid = _Forbid(forbidden_keys(question.forbidden))
     swap = off_limits_functions(question.off_limits)
     swap_attrs = off_limits_attributes(question.off_limits)
-    launches, buffers = [0], {}
+    launches = _Launches()
     del _OFF_LIMITS_HITS[:]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            with _swapped(swap, swap_attrs), _count_launches(kernel, launches, buffers), forbid:
+            with _swapped(swap, swap_attrs), _count_launches(kernel, launches), forbid:
                 reply.value = _run(op, target, payload)
-            if isinstance(reply.value, torch.Tensor):
-                after = buffers.get(_storage(reply.value))
-                reply.from_kernel = after is not None and torch.equal(after, _bytes(reply.value))
+            if isinstance(reply.value, torch.Tensor) and launches.count:
+                reply.from_kernel = launches.wrote(reply.value)
         except CheckTimeout:
             raise
         except BaseException as e:    # noqa: BLE001 - sys.exit, KeyboardInterrupt, anything
@@ -427,7 +471,7 @@ def _execute(question: Question, namespace: dict, op: str, payload: tuple) -> Re
         first = hits[0]
         msg = f"this question forbids `{first}`" if first in question.forbidden else _off_limits_message(first)
         reply.error, reply.value = {"kind": "rule", "type": "OffLimits", "message": msg}, None
-    reply.launches = launches[0]
+    reply.launches = launches.count
     reply.warnings = [(w.category.__name__, clean_message(w.message)) for w in caught[:5]]
     return reply
 

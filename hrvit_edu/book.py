@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from .notebook import REPORT_DIR_ENV, RUN_CACHE_ENV
-from .runner import EXECUTION_ENV, Run, environ, execute_notebook  # noqa: F401  (re-exported)
+from .runner import Run, execute_notebook
 
 
 class Progress:

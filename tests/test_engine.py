@@ -118,3 +118,15 @@ def test_run_cache_returns_the_same_run_without_training(tmp_path, data):
     torch.manual_seed(1)                           # other initial weights: another run
     h3 = fit(hrvit_edu.create_model("preface_convnet"), data, budget, cache=tmp_path, progress=False)
     assert not h3.cached and len(list(tmp_path.glob("run-*.pt"))) == 2
+
+
+def test_run_key_tells_apart_configs_with_identical_weights(data):
+    from hrvit_edu.train.cache import run_key
+
+    keys = set()
+    variants = ({}, {"drop_path": 0.1}, {"des_act": "hardswish"}, {"window": (1, 2, 3, 3)},
+                {"mask_value": float("-inf")})
+    for kw in variants:
+        torch.manual_seed(0)
+        keys.add(run_key(hrvit_edu.create_model("hrvit_textbook", **kw), data, CI.budget))
+    assert len(keys) == 5

@@ -20,10 +20,18 @@ from .history import History
 
 
 def run_key(model: nn.Module, data: DataBundle, budget: Budget) -> str:
-    """Identity of a finished run: model structure, budget, data config, package version."""
+    """Identity of a finished run: model structure, budget, data config, package version.
+
+    The structure is the parameter names and shapes *and* the module tree's ``repr`` (strides,
+    activations) *and* the model's ``cfg`` when it has one (window sizes, mask values): two
+    configurations with identical weights (e.g. a stride or an activation changed) must not share
+    a cached run.
+    """
     from .. import __version__
 
-    desc = {"model": model_fingerprint(model), "budget": dataclasses.asdict(budget),
+    m = unwrap(model)
+    desc = {"model": model_fingerprint(model), "modules": repr(m), "config": repr(getattr(m, "cfg", None)),
+            "budget": dataclasses.asdict(budget),
             "data": repr(getattr(data.train, "config", type(data.train).__name__)),
             "augment": repr(getattr(data.train, "augment", None)), "version": __version__,
             "init": float(sum(p.detach().double().sum() for p in model.parameters()))}

@@ -98,3 +98,13 @@ def test_gpu_timing_reports_the_real_number_of_calls(monkeypatch):
     monkeypatch.setattr(triton.testing, "do_bench", lambda fn, warmup, rep, return_mode: [3.0, 1.0, 2.0, 4.0, 5.0])
     median, p20, p80, n = time_fn(lambda: None, device="cuda")
     assert n == 5 and median == 3.0 and p20 <= median <= p80
+
+
+def test_profile_ops_ranks_operators_and_prints_nothing(capfd):
+    from hrvit_edu.bench import profile_ops
+
+    a = torch.randn(64, 64)
+    seconds, events = profile_ops(lambda: a @ a, repeats=2, warmup=1)
+    assert seconds > 0 and any(e.key == "aten::mm" for e in events)
+    out, err = capfd.readouterr()
+    assert "profiler" not in err and out == ""

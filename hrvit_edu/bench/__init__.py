@@ -10,6 +10,7 @@ from .core import (
     load_records,
     peak_memory,
     plot_sweep,
+    profile_ops,
     records_table,
     roofline,
     save_records,
@@ -18,5 +19,5 @@ from .core import (
 )
 
 __all__ = ["DEVICE_PEAKS", "BenchRecord", "benchmark", "count_flops", "count_params", "device_name", "env_info",
-           "load_records", "peak_memory", "plot_sweep", "records_table", "roofline", "save_records", "sweep",
-           "time_fn"]
+           "load_records", "peak_memory", "plot_sweep", "profile_ops", "records_table", "roofline", "save_records",
+           "sweep", "time_fn"]

@@ -11,11 +11,14 @@ dtype and shapes, and round-trips through JSON/CSV so notebooks render stored re
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
+import os
 import platform
 import statistics
+import sys
 import weakref
 from pathlib import Path
 from typing import Callable, Iterable
@@ -200,6 +203,43 @@ def peak_memory(fn: Callable[[], object], device: str | torch.device = "cpu") ->
     with tracker:
         fn()
     return tracker.peak
+
+
+@contextlib.contextmanager
+def _silence_fd2():
+    """The profiler's C++ side (Kineto) prints start/stop lines straight to file descriptor 2,
+    past Python's ``sys.stderr``; a notebook would store them.  Point fd 2 at /dev/null meanwhile."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def profile_ops(fn: Callable[[], object], repeats: int = 3, warmup: int = 2):
+    """Profile ``repeats`` calls of ``fn`` on the CPU by aten operator.
+
+    Returns ``(seconds per call, events)`` with ``events = torch.profiler``'s ``key_averages()``
+    (``.table(sort_by="self_cpu_time_total")`` prints where the time goes).  Times include the
+    profiler's own overhead: use them to rank operators, :func:`time_fn` to time.
+    """
+    import time
+
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(warmup):
+        fn()
+    with _silence_fd2():
+        t0 = time.perf_counter()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(repeats):
+                fn()
+        seconds = (time.perf_counter() - t0) / repeats
+    return seconds, prof.key_averages()
 
 
 def benchmark(name: str, fn: Callable[[], object], *, device: str | torch.device = "cpu",

@@ -12,7 +12,7 @@ from typing import Callable
 import torch.nn as nn
 
 # Modules that register models, imported lazily on first lookup (in book order).
-_MODEL_MODULES = ("hrvit_edu.models.baseline", "hrvit_edu.models.hrvit")
+_MODEL_MODULES = ("hrvit_edu.models.baseline", "hrvit_edu.models.hrvit", "hrvit_edu.models.segformer")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -31,12 +31,14 @@ from pathlib import Path
 import nbformat
 
 API_MODULES = {
-    "models": ["hrvit_edu.models.baseline", "hrvit_edu.models.hrvit", "hrvit_edu.nn.layers", "hrvit_edu.nn.heads"],
+    "models": ["hrvit_edu.models.baseline", "hrvit_edu.models.hrvit", "hrvit_edu.models.segformer",
+               "hrvit_edu.nn.layers", "hrvit_edu.nn.heads"],
     "kernels": ["hrvit_edu.kernels.softmax", "hrvit_edu.kernels.des", "hrvit_edu.kernels.window_attention",
                 "hrvit_edu.kernels.testing"],
     "data": ["hrvit_edu.data.digitscenes", "hrvit_edu.data.datasets", "hrvit_edu.data.folder", "hrvit_edu.data.viz"],
     "train": ["hrvit_edu.train.budget", "hrvit_edu.train.loop", "hrvit_edu.train.evaluate", "hrvit_edu.train.metrics",
-              "hrvit_edu.train.checkpoint", "hrvit_edu.train.cache", "hrvit_edu.train.history"],
+              "hrvit_edu.train.checkpoint", "hrvit_edu.train.cache", "hrvit_edu.train.history",
+              "hrvit_edu.train.ablation"],
     "bench": ["hrvit_edu.bench.core"],
     "grading": ["hrvit_edu.grading.core", "hrvit_edu.grading.answers", "hrvit_edu.grading.sandbox",
                 "hrvit_edu.grading.compare"],

@@ -162,6 +162,15 @@ def _stripes_row_major_vertical(x, s, o):
     return win, torch.tensor([min(s, w - i * s) * h for i in range(n)] * b)
 
 
+def _waste_horizontal_only(h, w, s):
+    n = -(-h // s)
+    return 1 - sum((min(s, h - g * s) * w) ** 2 for g in range(n)) / (n * (s * w) ** 2)
+
+
+def _waste_padded_tokens(h, w, s):       # counts tokens, not logits
+    return 1 - 2 * h * w / (-(-h // s) * s * w + -(-w // s) * s * h)
+
+
 def _fuse_relu(hi, lo, down, up):
     return [torch.relu(hi + up(lo)), torch.relu(down(hi) + lo)]
 
@@ -174,6 +183,8 @@ WRONG = [
     ("hrvit.stripes", _stripes_row_major_vertical, "column-major"),
     ("hrvit.fusion", _fuse_relu, "not HRNet's ReLU"),
     ("hrvit.des_kernel", (right_launcher, right_kernel_no_bias), "max abs error"),
+    ("hrvit.padding_waste", _waste_horizontal_only, "count both orientations"),
+    ("hrvit.padding_waste", _waste_padded_tokens, "expected"),
     ("preface.miou", lambda p, t, k, i=255: torch.zeros(()), "got 0.0000"),
     ("preface.miou", _miou_pixel_acc, "pixel accuracy"),
     ("preface.miou", _miou_no_ignore, "ignore index must be dropped"),

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import hrvit_edu
+from hrvit_edu.bench import count_params
 from hrvit_edu.models.hrvit import (
     DES,
     OFFICIAL_BACKBONE_PARAMS,
@@ -170,10 +171,10 @@ def test_fusion_paths_and_widths():
 
 def test_backbone_outputs_and_bad_input():
     m = hrvit_edu.create_model("hrvit_textbook", num_classes=0)
-    feats = m(torch.randn(2, 1, 64, 96))
-    assert [tuple(f.shape) for f in feats] == [(2, 16, 16, 24), (2, 32, 8, 12), (2, 64, 4, 6), (2, 96, 2, 3)]
-    with pytest.raises(ValueError, match="multiples of 32"):
-        m(torch.randn(1, 1, 48, 64))
+    feats = m(torch.randn(2, 1, 64, 96))      # textbook: stem to stride 2, branches at 2, 4, 8, 16
+    assert [tuple(f.shape) for f in feats] == [(2, 16, 32, 48), (2, 32, 16, 24), (2, 64, 8, 12), (2, 96, 4, 6)]
+    with pytest.raises(ValueError, match="multiples of 16"):
+        m(torch.randn(1, 1, 40, 64))
     with pytest.raises(ValueError, match="expected input"):
         m(torch.randn(1, 3, 64, 64))
     with pytest.raises(ValueError, match="expected input"):
@@ -185,7 +186,8 @@ def test_segmenter_pads_and_crops_odd_sizes():
     x = torch.randn(1, 1, 50, 70)
     y = m(x)
     assert y.shape == (1, 5, 50, 70)
-    padded = F.pad(x, (0, 26, 0, 14))
+    assert m.stride == 16
+    padded = F.pad(x, (0, (-70) % m.stride, 0, (-50) % m.stride))      # what the model pads to: 64 x 80
     torch.testing.assert_close(y, m(padded)[..., :50, :70])
 
 
@@ -231,3 +233,20 @@ def test_separate_keys_equal_shared_when_tied():
         sep.to_k.bias.copy_(shared.to_qv.bias[32:])
     x = torch.randn(2, 5 * 4, 32)
     torch.testing.assert_close(sep(x, (5, 4)), shared(x, (5, 4)))
+
+
+def test_textbook_scale_adaptation_and_its_flag():
+    m = hrvit_edu.create_model("hrvit_textbook", num_classes=0).eval()
+    with torch.no_grad():
+        feats = m(torch.zeros(1, 1, 64, 64))
+    assert [f.shape[-1] for f in feats] == [32, 16, 8, 4] and m.stride == 16
+    published = hrvit_edu.create_model("hrvit_textbook", num_classes=0, stem_stride=4).eval()
+    with torch.no_grad():
+        assert [f.shape[-1] for f in published(torch.zeros(1, 1, 64, 64))] == [16, 8, 4, 2]
+    assert count_params(published) == count_params(m)        # the adaptation changes a stride, not weights
+    assert hrvit_edu.create_model("hrvit_b1", num_classes=0, in_chans=3).cfg.stem_stride == 4
+    with pytest.raises(ValueError, match="stem_stride"):
+        hrvit_edu.create_model("hrvit_textbook", stem_stride=8)
+    seg = hrvit_edu.create_model("hrvit_textbook").eval()
+    with torch.no_grad():
+        assert seg(torch.zeros(2, 1, 40, 56)).shape == (2, 11, 40, 56)   # pads to multiples of 16

@@ -4,8 +4,8 @@ TransNeXt's length-scaled cosine attention) reduce to this operator.
 For a window g with queries Q_g, keys K_g, values V_g (L x d each) of which the first
 n_g keys are real and the rest are zero padding:
 
-    S = alpha * Q_g K_g^T + M_g,   M_g[i, j] = 0 if j < n_g else mask_value        (eq. W1)
-    O_g = softmax_rows(S) V_g                                                     (eq. W2)
+    S = alpha * Q_g K_g^T + M_g,   M_g[i, j] = 0 if j < n_g else mask_value        (ch. 01, eq. 1.6)
+    O_g = softmax_rows(S) V_g                                                     (eq. 1.6)
 
 The official HRViT code adds ``mask_value = -100`` (not -inf), so a padded key keeps a weight
 of about e^-100 relative to the real ones; ``-inf`` removes it exactly.  Padded *queries* are
@@ -23,14 +23,14 @@ from ._runtime import require_float
 def window_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                                valid: torch.Tensor, scale: float,
                                mask_value: float = -100.0) -> torch.Tensor:
-    """eqs. (W1)-(W2) with torch ops; fp16/bf16 inputs computed in fp32."""
+    """eq. (1.6) with torch ops; fp16/bf16 inputs computed in fp32."""
     _check(q, k, v, valid)
     s = masked_scores(q, k, valid, scale, mask_value)
     return torch.matmul(torch.softmax(s, -1), v.to(s.dtype)).to(q.dtype)
 
 
 def masked_scores(q, k, valid, scale, mask_value):
-    """eq. (W1): S = alpha Q K^T + M in fp32 (fp64 for fp64 inputs)."""
+    """eq. (1.6): S = alpha Q K^T + M in fp32 (fp64 for fp64 inputs)."""
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
     s = scale * torch.matmul(q.to(acc), k.to(acc).transpose(-1, -2))
     pad = torch.arange(k.shape[1], device=k.device)[None, None, :] >= valid[:, None, None]
@@ -61,7 +61,7 @@ def _check(q, k, v, valid):
 # the log-sum-exp per query; the backward recomputes P = exp(S - lse) from it:
 #
 #     D_i = sum_c dO_ic O_ic,   dP = dO V^T,   dS = P * (dP - D),
-#     dV = P^T dO,   dK = alpha dS^T Q,   dQ = alpha dS K                          (eq. W3)
+#     dV = P^T dO,   dK = alpha dS^T Q,   dQ = alpha dS K                          (eq. 1.16)
 #
 # ``scale`` is a per-window-head tensor (G,), so a later chapter can pass a length-dependent
 # scale (TransNeXt's length-scaled cosine attention) through the same kernels.
@@ -212,7 +212,7 @@ def window_attention_backward_triton(q, k, v, o, lse, do, valid, scale, mask_val
     g, n, d = q.shape
     q, k, v, o, do = (t.contiguous() for t in (q, k, v, o, do))
     scale_t = torch.as_tensor(scale, dtype=lse.dtype, device=q.device).expand(g).contiguous()
-    delta = (do.to(lse.dtype) * o.to(lse.dtype)).sum(-1)          # D_i, eq. (W3)
+    delta = (do.to(lse.dtype) * o.to(lse.dtype)).sum(-1)          # D_i, eq. (1.16)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     meta = _meta(q, mask_value)
     grid = (triton.cdiv(n, BLOCK), g)
@@ -229,7 +229,7 @@ def _use_triton(q):
 @torch.library.custom_op("hrvit_edu::window_attention", mutates_args=())
 def window_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor,
                         scale: float, mask_value: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(O, lse) of eqs. (W1)-(W2); lse is what the backward needs."""
+    """(O, lse) of eq. (1.6); lse is what the backward needs."""
     _check(q, k, v, valid)
     if _use_triton(q):
         return window_attention_forward_triton(q, k, v, valid, scale, mask_value)
@@ -287,5 +287,5 @@ window_attention_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def window_attention(q, k, v, valid, scale: float, mask_value: float = -100.0) -> torch.Tensor:
-    """eqs. (W1)-(W2) through the fused op (Triton when usable; autograd and compile aware)."""
+    """eq. (1.6) through the fused op (Triton when usable; autograd and compile aware)."""
     return window_attention_op(q, k, v, valid, float(scale), float(mask_value))[0]

@@ -10,8 +10,8 @@ stages; stage n runs n parallel branches at strides 4, 8, 16, 32.  Each module
 
 HRViT block on tokens X (B, N, C):
 
-    X <- X + DropPath( Attn(LN1(X)) + DES(X) )                                     (eq. H1)
-    X <- X + DropPath( MixCFN(LN2(X)) )                                            (eq. H2)
+    X <- X + DropPath( Attn(LN1(X)) + DES(X) )                                     (eq. 1.10)
+    X <- X + DropPath( MixCFN(LN2(X)) )                                            (eq. 1.10)
 
 Defaults follow the official code wherever it differs from the paper (see ``HRViTConfig``:
 ``des_act`` and ``attn_bn_init`` switch to the paper's form).
@@ -58,7 +58,7 @@ class DES(nn.Module):
 
     Fold the token x in R^C into X_m in R^{K x P} (X_m[k, p] = x[kP + p]); then
 
-        U = A act(X_m B^T + 1 b_B^T) + b_A 1^T,     out[kP + p] = U[k, p]           (eq. D1)
+        U = A act(X_m B^T + 1 b_B^T) + b_A 1^T,     out[kP + p] = U[k, p]           (eq. 1.3)
 
     Without the activation and biases, out = (A kron B) x, because (A kron B) vec_r(X_m) =
     vec_r(A X_m B^T) for row-major vec_r.  Parameters P^2 + P + K^2 + K instead of C^2 + C.
@@ -142,10 +142,10 @@ def head_split(channels: int, dim_head: int) -> tuple[int, int]:
 class HRViTAttn(nn.Module):
     """Cross-shaped window attention with shared key/value and a parallel depthwise path.
 
-        [Q | V] = X W_qv + b,  K = V                                               (eq. A1)
+        [Q | V] = X W_qv + b,  K = V                                               (eq. 1.4)
         Y^h = StripeAttn_h(Q[:, :C/2], V[:, :C/2]),  Y^v = StripeAttn_v(Q[:, C/2:], V[:, C/2:])
-        P = DW3x3(Hardswish(V))                                                    (eq. A2)
-        Z = BN(W_o Hardswish([Y^h, Y^v] + P) + b_o)                                 (eq. A3)
+        P = DW3x3(Hardswish(V))                                                    (eq. 1.7)
+        Z = BN(W_o Hardswish([Y^h, Y^v] + P) + b_o)                                 (eq. 1.7)
 
     ``bn_init``: 'zero' (official code: gamma = beta = 0, so Z = 0 at initialisation and the
     attention branch starts switched off) or 'identity' (gamma = 1, beta = 0, as the paper says).
@@ -210,7 +210,7 @@ class HRViTAttn(nn.Module):
 # ============================================================================ FFN, block
 class MixCFN(nn.Module):
     """Mixed-scale conv FFN: H = X W1 + b1 (no activation); DW3x3 on the first half of the
-    hidden channels, DW5x5 on the rest; out = W2 GELU([..]) + b2.                   (eq. F1)"""
+    hidden channels, DW5x5 on the rest; out = W2 GELU([..]) + b2.                   (eq. 1.8)"""
 
     def __init__(self, channels: int, mlp_ratio: float):
         super().__init__()
@@ -234,7 +234,7 @@ class _Zero(nn.Module):
 
 
 class HRViTBlock(nn.Module):
-    """eqs. (H1)-(H2): DES sees the un-normalised input; one DropPath covers Attn + DES."""
+    """eq. (1.10): DES sees the un-normalised input; one DropPath covers Attn + DES."""
 
     def __init__(self, channels: int, window: int, dim_head: int, mlp_ratio: float,
                  drop_path: float = 0.0, des_act: str = "gelu", attn_bn_init: str = "zero",
@@ -262,7 +262,7 @@ class HRViTBlock(nn.Module):
 
 # ============================================================================ fusion, module
 class CrossResolutionFusion(nn.Module):
-    """y_i = GELU( sum_j path_{j->i}(x_j) ).                                       (eq. X1)
+    """y_i = GELU( sum_j path_{j->i}(x_j) ).                                       (eq. 1.9)
 
     j = i: identity.  j < i (f = 2^(i-j)): DW (f+1)x(f+1) stride f (no bias) -> BN -> PW -> BN.
     j > i: PW -> BN at the coarse resolution, then nearest upsampling by f.
@@ -348,6 +348,7 @@ class HRViTConfig:
     des: str = "kron"                    # ablations: "dense" (C x C), "none"
     kv: str = "shared"                   # ablation: "separate" key projection
     head_from: int = 0                   # ablation: 1 = the head ignores the finest branch
+    stem_stride: int = 4                 # 4 (paper, code); 2 = the textbook's 64 px adaptation
 
 
 class HRViT(nn.Module):
@@ -362,8 +363,10 @@ class HRViT(nn.Module):
         super().__init__()
         self.cfg, self.in_chans, self.num_classes = cfg, in_chans, num_classes
         cs = cfg.stem_channels
+        if cfg.stem_stride not in (2, 4):
+            raise ValueError(f"stem_stride must be 4 (published) or 2 (small images), got {cfg.stem_stride}")
         self.stem = nn.Sequential(nn.Conv2d(in_chans, cs // 2, 3, 2, 1), nn.BatchNorm2d(cs // 2), nn.ReLU(),
-                                  nn.Conv2d(cs // 2, cs, 3, 2, 1), nn.BatchNorm2d(cs), nn.ReLU())
+                                  nn.Conv2d(cs // 2, cs, 3, cfg.stem_stride // 2, 1), nn.BatchNorm2d(cs), nn.ReLU())
         total = sum(max(b) for b in cfg.blocks)
         rates = torch.linspace(0, cfg.drop_path, total).tolist()
         self.stages = nn.ModuleList()
@@ -373,7 +376,7 @@ class HRViT(nn.Module):
             r += max(blocks)
             in_ch = list(cfg.channels[:len(blocks)])
         self.out_channels = tuple(in_ch)
-        self.stride = 4 * 2 ** (len(in_ch) - 1)
+        self.stride = cfg.stem_stride * 2 ** (len(in_ch) - 1)
         if not 0 <= cfg.head_from < len(self.out_channels):
             raise ValueError(f"head_from must index a branch, got {cfg.head_from}")
         self.head = AllMLPHead(self.out_channels[cfg.head_from:], cfg.head_dim, num_classes) if num_classes else None
@@ -406,14 +409,35 @@ VARIANTS = {
                       blocks=((1,), (1, 1), (1, 1, 6), (1, 1, 6), (1, 1, 6, 2), (1, 1, 6, 2))),
     "b3": HRViTConfig(channels=(64, 128, 256, 512), mlp_ratio=(2, 2, 2, 2), head_dim=768,
                       blocks=((1,), (1, 1), (1, 1, 6), (1, 1, 6), (1, 1, 6, 3), (1, 1, 6, 3))),
-    # Textbook size for DigitScenes on a CPU: same topology, narrow branches, one block each.
-    # Textbook size for DigitScenes on 2 CPU cores: the same topology cut to four modules (one
-    # per stage) with one block per branch and narrow branches: ~0.26 M parameters, ~0.28 s
-    # per AdamW step at batch 32 on 64 x 64 (vs ~0.68 s for the six-module version).
+    # Textbook size for DigitScenes (64 x 64) on 2 CPU cores: the same topology cut to four
+    # modules (one per stage), one block per branch, narrow branches (~0.24 M parameters).  Two
+    # scale adaptations, both ablated in chapter 01: the stem stops at stride 2 (branch maps
+    # 32/16/8/4 instead of 16/8/4/2: a digit stroke is ~3 px), and the windows of the two coarse
+    # branches are 4 (a 7 would pad a 4 x 4 or 8 x 8 map to 7 or 14 rows).
     "textbook": HRViTConfig(channels=(16, 32, 64, 96), stem_channels=16, dim_head=16,
-                            mlp_ratio=(2, 2, 2, 2), head_dim=64,
+                            window=(1, 2, 4, 4), mlp_ratio=(2, 2, 2, 2), head_dim=32, stem_stride=2,
                             blocks=((1,), (1, 1), (1, 1, 1), (1, 1, 1, 1))),
 }
+# Single-change ablations of the textbook variant (chapter 01, "claims re-tested"): arm -> overrides.
+ABLATIONS = {
+    "reference": {},
+    "dense DES": {"des": "dense"},                          # DES vs the C x C projection it factorises
+    "separate K/V": {"kv": "separate"},                    # shared vs separate key projection
+    "head skips the finest branch": {"head_from": 1},      # the high-resolution branch, for the head
+    "stem to stride 4": {"stem_stride": 4},                # the published stem (scale adaptation off)
+    "identity attention BN (paper)": {"attn_bn_init": "identity"},
+    "Hardswish in DES (paper)": {"des_act": "hardswish"},
+}
+ABLATION_SEEDS = (0, 1, 2)
+LR_SWEEP = (1e-3, 1e-2)              # around the engine's default 3e-3, one seed each, same budget
+
+
+def ablation_budget(budget):
+    """Half the profile's main budget, final evaluation only: long enough that the reference has
+    clearly learned (chapter 01 states its mIoU), short enough for 7 arms x 3 seeds."""
+    return budget.replace(steps=budget.steps // 2, warmup_steps=budget.warmup_steps // 2, eval_every=0)
+
+
 OFFICIAL_BACKBONE_PARAMS = {"b1": 7.758e6, "b2": 20.311e6, "b3": 25.508e6}
 
 

@@ -1,6 +1,9 @@
 """Questions of ``exercises/01_hrvit.ipynb``: the Kronecker fold, DES, stripe windows, fusion,
-and a piece of the DES kernel.  References are the package's HRViT modules."""
+a piece of the DES kernel, and a "what happens if" question on window padding.  References
+are the package's HRViT modules (the last one is counted here)."""
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -118,7 +121,7 @@ def _des_hidden(fn):
         assert_matches(fn(x, A, bA, B, bB), want, atol=1e-9, rtol=1e-9, what=f"DES(x) for K={k}, P={p}")
 
 
-register(Question("hrvit.des", "the DES forward pass, eq. (D1)", "des_forward", (
+register(Question("hrvit.des", "the DES forward pass, eq. (1.3)", "des_forward", (
     Check("random tokens", 1, _des_forward),
     Check("activation between the factors", 1, _des_linear_case),
     Check("gradient w.r.t. x", 1, _des_grad),
@@ -191,7 +194,7 @@ def _fusion_hidden(fn):
                       (rng.randint(1, 9), rng.randint(1, 9)))
 
 
-register(Question("hrvit.fusion", "cross-resolution fusion of two branches, eq. (X1)", "fuse_two", (
+register(Question("hrvit.fusion", "cross-resolution fusion of two branches, eq. (1.9)", "fuse_two", (
     Check("high-resolution output", 1, lambda fn: _fusion_check(fn, 0, 0)),
     Check("low-resolution output", 1, lambda fn: _fusion_check(fn, 1, 1)),
     Check("hidden sizes", 1, lambda fn: _fusion_hidden(fn)),
@@ -249,3 +252,45 @@ register(Question("hrvit.des_kernel", "the DES kernel's right factor: Y = X B^T 
     Check("fp16 in, fp16 out", 1, lambda fn: _right_check(fn, 19, 16, torch.float16, 3e-3,
                                                           "accumulate in fp32, store in the input dtype")),
 ), time_limit=60.0, kernel="right_factor_kernel", off_limits=_DES_PACKAGE))
+
+
+# ------------------------------------------------------------------------------ 6. what happens if
+def _waste_ref(h, w, s):
+    """Fraction of the executed logits of padded stripe attention that touch a padded token."""
+    def one_orientation(lines, per_line):        # `lines` real rows (or columns) of `per_line` tokens
+        n = -(-lines // s)
+        executed = n * (s * per_line) ** 2
+        useful = sum((min(s, lines - g * s) * per_line) ** 2 for g in range(n))
+        return executed, useful
+    eh, uh = one_orientation(h, w)
+    ev, uv = one_orientation(w, h)
+    return 1 - (uh + uv) / (eh + ev)
+
+
+def _waste_check(fn, h, w, s, hint):
+    got = fn(h, w, s)
+    try:
+        got = float(got)
+    except (TypeError, ValueError, RuntimeError):
+        raise CheckFailed(f"return one number (a float), got {type(got).__name__}") from None
+    want = _waste_ref(h, w, s)
+    if not math.isclose(got, want, rel_tol=1e-9, abs_tol=1e-12):
+        raise CheckFailed(f"H={h}, W={w}, s={s}: got {got:.6f}, expected {want:.6f}. {hint}")
+
+
+def _waste_hidden(fn):
+    rng = hidden_rng(15)
+    for _ in range(4):
+        _waste_check(fn, rng.randint(1, 40), rng.randint(1, 40), rng.randint(1, 9), "")
+
+
+register(Question("hrvit.padding_waste", "what happens if s does not divide the map: wasted logits",
+                  "wasted_logit_fraction", (
+    Check("s divides the map", 1, lambda fn: _waste_check(fn, 8, 8, 4, "no padding: nothing is wasted")),
+    Check("b1's window on the textbook's 4x4 map", 1, lambda fn: _waste_check(
+        fn, 4, 4, 7, "one window per orientation of s*W (or s*H) tokens, of which H*W are real")),
+    Check("ragged, non-square", 1, lambda fn: _waste_check(
+        fn, 9, 4, 7, "count both orientations: horizontal windows have s*W tokens, vertical ones s*H; "
+                     "a logit is wasted when its query or its key is padding")),
+    Check("hidden sizes", 1, lambda fn: _waste_hidden(fn)),
+), off_limits=("hrvit_edu.models.hrvit.stripe_partition", "hrvit_edu.models.hrvit.stripe_merge", _OWN)))

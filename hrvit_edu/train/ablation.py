@@ -1,0 +1,131 @@
+"""Single-change ablations with several seeds, stored as a results file a chapter can load.
+
+An *arm* is a name and the config overrides that make it differ from the reference model (one
+change per arm).  :func:`run_ablation` trains every arm with every seed on the same data and
+budget and records, per run: test mIoU, boundary accuracy, training seconds, and the run key
+(:func:`~.cache.run_key`: model structure, initial weights, budget, data, package version).
+A chapter whose full sweep is too long for its default profile loads the stored file, checks
+that every stored key is the key the current code gives, and re-runs one run live to confirm the
+stored number.
+
+Verdict rule used by the book (stated before any number is looked at): with arm means m_a, m_r
+and sample standard deviations s_a, s_r over n seeds each, the pooled sd is
+s = sqrt((s_a^2 + s_r^2) / 2); a difference d = m_a - m_r is *resolved* when |d| > 2 s.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Callable
+
+import torch.nn as nn
+
+from .._io import atomic_write, read_or_explain
+from ..data.datasets import DataBundle
+from .budget import Budget
+from .cache import run_key
+from .evaluate import boundary_accuracy
+from .loop import fit
+
+
+@dataclasses.dataclass(frozen=True)
+class Arm:
+    """One arm: model config ``overrides`` and, for optimiser arms, ``budget`` overrides."""
+
+    name: str
+    overrides: dict
+    budget: dict = dataclasses.field(default_factory=dict)
+
+
+def _record(arm: Arm, seed: int, model: nn.Module, data: DataBundle, budget: Budget, key: str, history) -> dict:
+    return {"arm": arm.name, "overrides": arm.overrides, "budget": arm.budget, "seed": seed, "key": key,
+            "test_miou": history.test_miou, "boundary_acc": boundary_accuracy(model, data.test),
+            "train_seconds": history.train_seconds}
+
+
+def run_ablation(make_model: Callable[..., nn.Module], arms: list[Arm], seeds: list[int], data: DataBundle,
+                 budget: Budget, *, path: str | Path | None = None, env: dict | None = None,
+                 progress: bool | None = False) -> dict:
+    """Train every (arm, seed); return ``{"budget", "env", "runs"}``.
+
+    ``make_model(**overrides)`` builds a fresh model; the seed is set before it is built and the
+    budget's seed is the run's seed.  With ``path``, the results are written after every run and
+    runs already stored under the same key are not repeated (an interrupted sweep resumes), and
+    stored runs of other arms are kept.
+    """
+    import torch
+
+    runs: dict[str, dict] = {}
+    if path is not None and Path(path).exists():
+        runs = {r["key"]: r for r in load_results(path)["runs"]}
+    out = {"budget": dataclasses.asdict(budget), "env": env or {}, "runs": list(runs.values())}
+    for arm in arms:
+        for seed in seeds:
+            torch.manual_seed(seed)
+            model = make_model(**arm.overrides)
+            b = budget.replace(seed=seed, **arm.budget)
+            key = run_key(model, data, b)
+            if key in runs:
+                continue
+            history = fit(model, data, b, progress=progress)
+            runs[key] = _record(arm, seed, model, data, b, key, history)
+            out["runs"] = list(runs.values())
+            if path is not None:
+                save_results(out, path)
+    return out
+
+
+def save_results(results: dict, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(results, indent=1, sort_keys=True)
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+    return path
+
+
+def load_results(path: str | Path) -> dict:
+    return read_or_explain(Path(path), lambda p: json.loads(Path(p).read_text()), "ablation results")
+
+
+def expected_keys(make_model: Callable[..., nn.Module], arms: list[Arm], seeds: list[int], data: DataBundle,
+                  budget: Budget) -> dict[tuple[str, int], str]:
+    """The run key every (arm, seed) gets from the current code (builds the models, trains nothing)."""
+    import torch
+
+    keys = {}
+    for arm in arms:
+        for seed in seeds:
+            torch.manual_seed(seed)
+            keys[arm.name, seed] = run_key(make_model(**arm.overrides), data,
+                                           budget.replace(seed=seed, **arm.budget))
+    return keys
+
+
+def check_results(results: dict, keys: dict[tuple[str, int], str]) -> None:
+    """Raise unless ``results`` holds exactly one run per expected (arm, seed), with the key the
+    current code gives it (a stale file from older code or another budget is refused)."""
+    stored = {(r["arm"], r["seed"]): r["key"] for r in results["runs"]}
+    missing = sorted(set(keys) - set(stored))
+    stale = sorted(k for k in keys if k in stored and stored[k] != keys[k])
+    if missing or stale:
+        raise ValueError(f"stored ablation results do not match the current code: missing {missing}, "
+                         f"stale {stale}; re-run the sweep (see the chapter's instructions)")
+
+
+def summarize(results: dict, metric: str = "test_miou") -> dict[str, tuple[float, float, int]]:
+    """Per arm: (mean, sample sd, n) of ``metric`` over seeds."""
+    by_arm: dict[str, list[float]] = {}
+    for r in results["runs"]:
+        by_arm.setdefault(r["arm"], []).append(r[metric])
+    return {a: (statistics.fmean(v), statistics.stdev(v) if len(v) > 1 else float("nan"), len(v))
+            for a, v in by_arm.items()}
+
+
+def compare(arm: tuple[float, float, int], ref: tuple[float, float, int]) -> tuple[float, float, bool]:
+    """(d, pooled sd, resolved) for arm minus reference; resolved when |d| > 2 * pooled sd."""
+    d = arm[0] - ref[0]
+    s = math.sqrt((arm[1] ** 2 + ref[1] ** 2) / 2)
+    return d, s, abs(d) > 2 * s

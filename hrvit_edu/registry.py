@@ -12,7 +12,8 @@ from typing import Callable
 import torch.nn as nn
 
 # Modules that register models, imported lazily on first lookup (in book order).
-_MODEL_MODULES = ("hrvit_edu.models.baseline", "hrvit_edu.models.hrvit", "hrvit_edu.models.segformer")
+_MODEL_MODULES = ("hrvit_edu.models.baseline", "hrvit_edu.models.hrvit", "hrvit_edu.models.segformer",
+                  "hrvit_edu.models.cswin")
 
 
 @dataclasses.dataclass(frozen=True)

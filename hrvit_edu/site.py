@@ -32,7 +32,7 @@ import nbformat
 
 API_MODULES = {
     "models": ["hrvit_edu.models.baseline", "hrvit_edu.models.hrvit", "hrvit_edu.models.segformer",
-               "hrvit_edu.nn.layers", "hrvit_edu.nn.heads"],
+               "hrvit_edu.models.cswin", "hrvit_edu.nn.layers", "hrvit_edu.nn.heads"],
     "kernels": ["hrvit_edu.kernels.softmax", "hrvit_edu.kernels.des", "hrvit_edu.kernels.window_attention",
                 "hrvit_edu.kernels.testing"],
     "data": ["hrvit_edu.data.digitscenes", "hrvit_edu.data.datasets", "hrvit_edu.data.folder", "hrvit_edu.data.viz"],

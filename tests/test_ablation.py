@@ -7,7 +7,7 @@ import torch
 
 import hrvit_edu
 from hrvit_edu.data import digitscenes_bundle
-from hrvit_edu.models.hrvit import ABLATIONS, ablation_budget
+from hrvit_edu.models.hrvit import ABLATION_SEEDS, ABLATIONS, LR_SWEEP, ablation_budget, ablation_sweep
 from hrvit_edu.profiles import get_profile
 from hrvit_edu.train.ablation import Arm, check_results, compare, expected_keys, load_results, run_ablation, summarize
 
@@ -81,4 +81,11 @@ def test_chapter_arms_are_single_changes():
         m = hrvit_edu.create_model("hrvit_textbook", **kw).eval()
         with torch.no_grad():
             assert m(torch.zeros(1, 1, 64, 64)).shape == (1, 11, 64, 64)
+
+
+def test_ablation_sweep_covers_every_arm_and_the_lr_sweep():
+    (arms, seeds), (lr_arms, lr_seeds) = ablation_sweep()
+    assert [a.name for a in arms] == list(ABLATIONS) and seeds == list(ABLATION_SEEDS)
+    assert [a.budget["lr"] for a in lr_arms] == list(LR_SWEEP) and lr_seeds == [0]
+    assert all(a.overrides == {} for a in lr_arms)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from hrvit_edu.grading import Check, Question, check, get_question, grade_function, questions, run_question
 from hrvit_edu.grading.assign import make_student, pairs, strip_solutions
@@ -135,6 +136,10 @@ def _kron_no_transpose(A, B, x):
     return (A @ X @ B).reshape(x.shape)
 
 
+def _kron_einsum_materialised(A, B, x):           # right values, but forms A kron B without torch.kron
+    return x @ torch.einsum("ij,kl->ikjl", A, B).reshape(A.shape[0] * B.shape[0], -1).T
+
+
 def _kron_no_batch(A, B, x):
     return (A @ x.reshape(A.shape[0], B.shape[0]) @ B.T).reshape(-1)
 
@@ -171,13 +176,19 @@ def _waste_padded_tokens(h, w, s):       # counts tokens, not logits
     return 1 - 2 * h * w / (-(-h // s) * s * w + -(-w // s) * s * h)
 
 
-def _fuse_relu(hi, lo, down, up):
-    return [torch.relu(hi + up(lo)), torch.relu(down(hi) + lo)]
+def _fuse_relu(hi, lo, p):
+    def aff(x, sc_sh):
+        return x * sc_sh[0][:, None, None] + sc_sh[1][:, None, None]
+    up = aff(F.conv2d(lo, p["up_pw"], p["up_pw_bias"]), p["up_bn"]).repeat_interleave(2, -2).repeat_interleave(2, -1)
+    down = aff(F.conv2d(hi, p["down_dw"], stride=2, padding=1, groups=hi.shape[1]), p["down_bn1"])
+    down = aff(F.conv2d(down, p["down_pw"], p["down_pw_bias"]), p["down_bn2"])
+    return [torch.relu(hi + up), torch.relu(down + lo)]
 
 
 WRONG = [
     ("hrvit.kron_fold", _kron_no_transpose, "A X B^T"),
     ("hrvit.kron_fold", _kron_no_batch, "batched tokens: your code raised RuntimeError"),
+    ("hrvit.kron_fold", _kron_einsum_materialised, "it was formed"),
     ("hrvit.des", _des_relu, "use GELU"),
     ("hrvit.des", _des_no_act, "activation GELU"),
     ("hrvit.stripes", _stripes_row_major_vertical, "column-major"),

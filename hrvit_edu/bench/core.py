@@ -152,8 +152,11 @@ def count_flops(fn: Callable[[], object]) -> int:
     return counter.get_total_flops()
 
 
-class _LiveTensorBytes(TorchDispatchMode):
-    """Peak bytes of storages created inside the mode and still alive (CPU or GPU alike)."""
+class LiveTensorBytes(TorchDispatchMode):
+    """Peak bytes of storages created inside the mode and still alive (CPU or GPU alike).
+
+    ``with LiveTensorBytes() as t: ...`` then ``t.peak``; :func:`peak_memory` and the grader's
+    memory rule (``Question.measure_memory``) use it."""
 
     def __init__(self):
         super().__init__()
@@ -199,7 +202,7 @@ def peak_memory(fn: Callable[[], object], device: str | torch.device = "cpu") ->
         fn()
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated(device) - base
-    tracker = _LiveTensorBytes()
+    tracker = LiveTensorBytes()
     with tracker:
         fn()
     return tracker.peak

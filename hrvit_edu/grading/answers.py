@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch.overrides import TorchFunctionMode
 
+from ..bench.core import LiveTensorBytes
 from .core import AnswerRaised, AnswerUnusable, CheckFailed, CheckTimeout, Question, clean_message, time_limit
 
 OPAQUE = "\x00opaque"          # dict key marking an object that is not plain data
@@ -100,16 +101,17 @@ class Reply:
     launches: int = 0                # launches of the question's kernel during a call
     kernel_problem: str | None = None
     from_kernel: bool = False        # the returned tensor is a buffer the kernel was given
+    peak_bytes: int = 0              # peak bytes of tensors the call created (Question.measure_memory)
 
     def as_wire(self) -> dict:
         return {"value": to_wire(self.value), "error": self.error, "warnings": list(self.warnings),
                 "launches": int(self.launches), "kernel_problem": self.kernel_problem,
-                "from_kernel": bool(self.from_kernel)}
+                "from_kernel": bool(self.from_kernel), "peak_bytes": int(self.peak_bytes)}
 
     @classmethod
     def from_wire(cls, d: Any) -> "Reply":
         if not isinstance(d, dict) or set(d) != {"value", "error", "warnings", "launches", "kernel_problem",
-                                                 "from_kernel"}:
+                                                 "from_kernel", "peak_bytes"}:
             return cls(error={"kind": "raised", "type": "GraderError",
                               "message": "the answer's process sent something that is not a reply"})
         err = d["error"]
@@ -119,7 +121,8 @@ class Reply:
         warns = [(str(c), str(m)) for c, m in d["warnings"][:10]] if isinstance(d["warnings"], list) else []
         launches = d["launches"] if isinstance(d["launches"], int) else 0
         problem = d["kernel_problem"] if isinstance(d["kernel_problem"], str) else None
-        return cls(from_wire(d["value"]), err, warns, launches, problem, d["from_kernel"] is True)
+        peak = d["peak_bytes"] if isinstance(d["peak_bytes"], int) else 0
+        return cls(from_wire(d["value"]), err, warns, launches, problem, d["from_kernel"] is True, peak)
 
     def unwrap(self) -> Any:
         """Re-emit the answer's warnings here and raise its error as the checks expect it."""
@@ -457,8 +460,10 @@ def _execute(question: Question, namespace: dict, op: str, payload: tuple) -> Re
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            with _swapped(swap, swap_attrs), _count_launches(kernel, launches), forbid:
+            memory = LiveTensorBytes() if question.measure_memory and op == "call" else contextlib.nullcontext()
+            with _swapped(swap, swap_attrs), _count_launches(kernel, launches), forbid, memory:
                 reply.value = _run(op, target, payload)
+            reply.peak_bytes = getattr(memory, "peak", 0)
             if isinstance(reply.value, torch.Tensor) and launches.count:
                 reply.from_kernel = launches.wrote(reply.value)
         except CheckTimeout:

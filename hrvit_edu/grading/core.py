@@ -79,6 +79,8 @@ class Question:
       ``"torch.Tensor.kron"``, ``"torch.ops.hrvit_edu.des"``.
     * ``off_limits``: package functions, classes or modules that stop working while the answer
       runs ("write this yourself"), e.g. ``"hrvit_edu.models.hrvit.stripe_partition"``.
+    * ``measure_memory``: count the peak bytes of the tensors a call creates (where the answer
+      runs; ``answer.last.peak_bytes``), for checks like "never materialise A kron B".
     """
     id: str                                    # "<chapter>.<name>"
     title: str
@@ -88,6 +90,7 @@ class Question:
     kernel: str | None = None
     forbidden: tuple[str, ...] = ()
     off_limits: tuple[str, ...] = ()
+    measure_memory: bool = False
 
     @property
     def chapter(self) -> str:

@@ -427,6 +427,7 @@ ABLATIONS = {
     "stem to stride 4": {"stem_stride": 4},                # the published stem (scale adaptation off)
     "identity attention BN (paper)": {"attn_bn_init": "identity"},
     "Hardswish in DES (paper)": {"des_act": "hardswish"},
+    "windows 7 on coarse branches": {"window": (1, 2, 7, 7)},   # the published windows (adaptation off)
 }
 ABLATION_SEEDS = (0, 1, 2)
 LR_SWEEP = (1e-3, 1e-2)              # around the engine's default 3e-3, one seed each, same budget
@@ -434,8 +435,18 @@ LR_SWEEP = (1e-3, 1e-2)              # around the engine's default 3e-3, one see
 
 def ablation_budget(budget):
     """Half the profile's main budget, final evaluation only: long enough that the reference has
-    clearly learned (chapter 01 states its mIoU), short enough for 7 arms x 3 seeds."""
+    clearly learned (chapter 01 states its mIoU), short enough for every arm x 3 seeds."""
     return budget.replace(steps=budget.steps // 2, warmup_steps=budget.warmup_steps // 2, eval_every=0)
+
+
+def ablation_sweep() -> list[tuple[list, list[int]]]:
+    """Chapter 01's whole sweep as (arms, seeds) groups: every ``ABLATIONS`` arm with each of
+    ``ABLATION_SEEDS``, then the learning-rate sweep ``LR_SWEEP`` with seed 0.  The chapter and
+    ``tools/run_ablations.py`` both run (or check) exactly this list."""
+    from ..train.ablation import Arm  # the training package is needed only here, not at import
+
+    return [([Arm(name, kw) for name, kw in ABLATIONS.items()], list(ABLATION_SEEDS)),
+            ([Arm(f"lr {lr:g}", {}, {"lr": lr}) for lr in LR_SWEEP], [0])]
 
 
 OFFICIAL_BACKBONE_PARAMS = {"b1": 7.758e6, "b2": 20.311e6, "b3": 25.508e6}

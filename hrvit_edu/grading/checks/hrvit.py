@@ -44,6 +44,18 @@ def _kron_hidden(fn):
         _kron_check(fn, rng.randint(1, 9), rng.randint(1, 9), batch, rng.randrange(2 ** 31), "")
 
 
+def _kron_memory(fn):
+    k = p = 48                                   # A kron B: 2304 x 2304 float64, 40.5 MiB
+    A, B, x = _kron_inputs(k, p, (2,), 3)
+    _kron_check(fn, k, p, (2,), 3, _FOLD_HINT)
+    kron_bytes = (k * p) ** 2 * A.element_size()
+    peak = fn.last.peak_bytes
+    if peak >= kron_bytes // 4:
+        raise CheckFailed(f"right values, but the call created {peak / 2 ** 20:.1f} MiB of tensors at its peak "
+                          f"for K = P = {k}, where A kron B alone is {kron_bytes / 2 ** 20:.1f} MiB: it was formed "
+                          f"(einsum or broadcasting count too). {_FOLD_HINT}")
+
+
 _FOLD_HINT = "fold x[k*P + p] = X[k, p]: A mixes rows (K), B mixes columns (P): A X B^T"
 
 register(Question("hrvit.kron_fold", "(A kron B) x without forming A kron B", "kron_matvec", (
@@ -52,7 +64,8 @@ register(Question("hrvit.kron_fold", "(A kron B) x without forming A kron B", "k
     Check("batched tokens", 1, lambda fn: _kron_check(fn, 6, 8, (2, 7), 2,
                                                        "x may carry leading batch dims (..., K*P)")),
     Check("hidden sizes", 1, lambda fn: _kron_hidden(fn)),
-), forbidden=_DES_CALLS, off_limits=_DES_PACKAGE))
+    Check("never forms A kron B", 1, _kron_memory),
+), forbidden=_DES_CALLS, off_limits=_DES_PACKAGE, measure_memory=True))
 
 
 # ------------------------------------------------------------------------------ 2. DES
@@ -162,29 +175,48 @@ register(Question("hrvit.stripes", "cross-shaped stripe windows with zero paddin
 
 
 # ------------------------------------------------------------------------------ 4. fusion
+def _affine(bn):
+    """An eval-mode BatchNorm as y = scale * x + shift, per channel."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    return scale.detach(), (bn.bias - bn.running_mean * scale).detach()
+
+
 def _fusion_setup(seed, c=(8, 16), size=(6, 5)):
+    """A two-branch fusion with random BN statistics; the reader gets its raw weights only."""
     torch.manual_seed(seed)
     f = CrossResolutionFusion(list(c)).double().eval()
     for mod in f.modules():
         if isinstance(mod, torch.nn.BatchNorm2d):
             torch.nn.init.uniform_(mod.weight, 0.5, 1.5)
             torch.nn.init.normal_(mod.bias)
+            mod.running_mean.normal_()
+            mod.running_var.uniform_(0.5, 2.0)
+    dw, bn1, pw, bn2 = f.paths[1][0]            # high -> low
+    up_pw, up_bn, _ = f.paths[0][1]             # low -> high
+    params = {"down_dw": dw.weight.detach(), "down_bn1": _affine(bn1),
+              "down_pw": pw.weight.detach(), "down_pw_bias": pw.bias.detach(), "down_bn2": _affine(bn2),
+              "up_pw": up_pw.weight.detach(), "up_pw_bias": up_pw.bias.detach(), "up_bn": _affine(up_bn)}
     h, w = size
     hi = torch.randn(2, c[0], 2 * h, 2 * w, generator=_gen(seed), dtype=torch.float64)
     lo = torch.randn(2, c[1], h, w, generator=_gen(seed + 1), dtype=torch.float64)
-    return f, hi, lo
+    return f, hi, lo, params
+
+
+_FUSION_HINTS = ("high <- low: 1x1 conv (+ bias), BN as scale/shift, nearest upsampling x2; then GELU of the sum",
+                 "low <- high: depthwise 3x3 conv, stride 2, padding 1 (groups = C_high, no bias), BN, 1x1 conv "
+                 "(+ bias), BN; then GELU of the sum")
 
 
 def _fusion_check(fn, seed, which, c=(8, 16), size=(6, 5)):
-    f, hi, lo = _fusion_setup(seed, c, size)
+    f, hi, lo, params = _fusion_setup(seed, c, size)
     with torch.no_grad():
         want = f([hi, lo])
-        got = fn(hi, lo, f.paths[1][0], f.paths[0][1])
+        got = fn(hi, lo, params)
     if not (isinstance(got, (tuple, list)) and len(got) == 2):
         raise CheckFailed("return the two fused maps [y_high, y_low]")
-    hint = "y_i = GELU(sum of the paths into branch i) - GELU, not HRNet's ReLU"
     assert_matches(got[which], want[which], atol=1e-9, rtol=1e-9,
-                   what=("high-resolution output", "low-resolution output")[which], hint=hint)
+                   what=("high-resolution output", "low-resolution output")[which],
+                   hint=_FUSION_HINTS[which] + " (GELU, not HRNet's ReLU)")
 
 
 def _fusion_hidden(fn):

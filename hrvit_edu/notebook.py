@@ -97,6 +97,7 @@ def show_source(obj) -> None:
     import textwrap
 
     fn = getattr(obj, "fn", obj)           # triton JITFunction / InterpretedFunction -> python fn
+    fn = getattr(fn, "_init_fn", fn)       # torch.library.custom_op -> the decorated function
     print(textwrap.dedent(inspect.getsource(fn)).rstrip())
 
 

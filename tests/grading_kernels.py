@@ -64,3 +64,31 @@ def right_launcher(x, B, b_B):
     right_kernel_no_bias[(triton.cdiv(m, 16),)](x, B.contiguous(), b_B.contiguous(), y, m, P=p, BLOCK_M=16,
                                                  PP=max(16, triton.next_power_of_2(p)))
     return y
+
+
+@triton.jit
+def gather_kernel_no_wrap(X, A, M, K, G, W, H, sxb, sxc, sxh, sxw, P: tl.constexpr, S: tl.constexpr,
+                          BM: tl.constexpr, BK: tl.constexpr):
+    """Forgets the circular padding: rows past H are clamped to the last row instead of wrapping."""
+    m = tl.program_id(0) * BM + tl.arange(0, BM)
+    k = tl.program_id(1) * BK + tl.arange(0, BK)
+    w = m % W
+    g = (m // W) % G
+    b = m // (W * G)
+    c = k // P
+    i = k % P
+    r = g[:, None] * P + i[None, :] - S
+    src = tl.minimum(tl.maximum(r, 0), H - 1)
+    mask = (m[:, None] < M) & (k[None, :] < K)
+    vals = tl.load(X + b[:, None] * sxb + c[None, :] * sxc + src * sxh + w[:, None] * sxw, mask=mask, other=0.0)
+    tl.store(A + m[:, None] * K + k[None, :], vals, mask=mask)
+
+
+def gather_launcher(x, p, s):
+    b, c, h, w = x.shape
+    g = -(-h // p)
+    m, k = b * g * w, c * p
+    a = torch.empty(m, k, dtype=x.dtype)
+    gather_kernel_no_wrap[(triton.cdiv(m, 16), triton.cdiv(k, 16))](x, a, m, k, g, w, h, *x.stride(), P=p, S=s % h,
+                                                                    BM=16, BK=16)
+    return a

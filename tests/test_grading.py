@@ -122,6 +122,8 @@ def _sgrad_last_axis(y, dy, dim=-1):
 # Kernel questions: the wrong answers are real Triton kernels with one bug each, in
 # grading_kernels.py (a torch-only answer is refused outright, see test_grading_integrity.py).
 from grading_kernels import (  # noqa: E402
+    gather_kernel_no_wrap,
+    gather_launcher,
     l2_kernel_l1,
     l2_kernel_no_eps,
     l2_kernel_ok,
@@ -185,6 +187,35 @@ def _fuse_relu(hi, lo, p):
     return [torch.relu(hi + up), torch.relu(down + lo)]
 
 
+def _part_no_shift(x, p, s):                      # ignores the cross-region shift
+    b, c, h, w = x.shape
+    hp = -(-h // p) * p
+    return x[:, :, torch.arange(hp) % h].reshape(b, c, hp // p, p, w).transpose(2, 3).reshape(b, c * p, hp // p, w)
+
+
+def _part_zero_pad(x, p, s):                     # zero padding instead of circular
+    b, c, h, w = x.shape
+    hp = -(-h // p) * p
+    xs = x[:, :, (torch.arange(h) - s) % h]
+    xs = F.pad(xs, (0, 0, 0, hp - h))
+    return xs.reshape(b, c, hp // p, p, w).transpose(2, 3).reshape(b, c * p, hp // p, w)
+
+
+def _restore_no_crop(z, p, h, s):                # keeps the padded rows
+    b, cp, g, w = z.shape
+    x = z.reshape(b, cp // p, p, g, w).transpose(2, 3).reshape(b, cp // p, g * p, w)
+    return x[:, :, (torch.arange(g * p) + s) % (g * p)]
+
+
+def _reach_ignores_shift(h, p, shifts):
+    return list(range(min(p, h)))
+
+
+def _conv_weight_transposed(w1, c, p, axis):     # reads W1 as (O, p, C): the wrong channel order
+    k = w1.reshape(w1.shape[0], p, c).transpose(1, 2)
+    return k[:, :, :, None] if axis == "h" else k[:, :, None, :]
+
+
 WRONG = [
     ("hrvit.kron_fold", _kron_no_transpose, "A X B^T"),
     ("hrvit.kron_fold", _kron_no_batch, "batched tokens: your code raised RuntimeError"),
@@ -195,6 +226,12 @@ WRONG = [
     ("hrvit.fusion", _fuse_relu, "not HRNet's ReLU"),
     ("hrvit.des_kernel", (right_launcher, right_kernel_no_bias), "max abs error"),
     ("hrvit.padding_waste", _waste_horizontal_only, "count both orientations"),
+    ("hiremlp.partition", _part_no_shift, "roll first"),
+    ("hiremlp.partition", _part_zero_pad, "circular"),
+    ("hiremlp.restore", _restore_no_crop, "shape"),
+    ("hiremlp.reach", _reach_ignores_shift, "walk back from the output"),
+    ("hiremlp.conv_view", _conv_weight_transposed, "K[o, c, i, 0]"),
+    ("hiremlp.gather_kernel", (gather_launcher, gather_kernel_no_wrap), "true modulo"),
     ("hrvit.padding_waste", _waste_padded_tokens, "expected"),
     ("preface.miou", lambda p, t, k, i=255: torch.zeros(()), "got 0.0000"),
     ("preface.miou", _miou_pixel_acc, "pixel accuracy"),

@@ -9,6 +9,7 @@ from hrvit_edu.models.hire_mlp import (
     PUBLISHED_GMACS_224,
     PUBLISHED_PARAMS,
     HireModule,
+    TokenMixingMLP,
     region_partition,
     region_restore,
     shift_schedule,
@@ -116,3 +117,28 @@ def test_bad_input():
         region_partition(torch.zeros(3, 4, 4), 2)
     with pytest.raises(ValueError):
         region_partition(torch.zeros(1, 3, 4, 4), 2, axis="x")
+
+
+def test_token_mixing_mlp_is_tied_to_its_size():
+    mix = TokenMixingMLP((8, 8), 16)
+    assert mix(torch.randn(2, 3, 8, 8)).shape == (2, 3, 8, 8)
+    with pytest.raises(ValueError, match="built for 8x8"):
+        mix(torch.randn(2, 3, 16, 16))
+    assert hrvit_edu.create_model("hire_mlp_textbook").cfg.stem_stride == 2
+
+
+def test_chapter_arms_are_single_changes_at_the_full_budget():
+    from hrvit_edu.models import hire_mlp as HM
+    from hrvit_edu.profiles import get_profile
+
+    assert HM.ABLATIONS["reference"] == {}
+    assert all(len(kw) == 1 for name, kw in HM.ABLATIONS.items() if name != "reference")
+    main = get_profile("book").budget
+    b = HM.ablation_budget(main)
+    assert b.steps == main.steps and b.eval_every == 0
+    ((arms, seeds),) = HM.ablation_sweep()
+    assert [a.name for a in arms] == list(HM.ABLATIONS) and seeds == [0, 1, 2]
+    for kw in HM.ABLATIONS.values():
+        m = hrvit_edu.create_model("hire_mlp_textbook", **kw).eval()
+        with torch.no_grad():
+            assert m(torch.zeros(1, 1, 64, 64)).shape == (1, 11, 64, 64)

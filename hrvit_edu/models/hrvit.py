@@ -434,9 +434,11 @@ LR_SWEEP = (1e-3, 1e-2)              # around the engine's default 3e-3, one see
 
 
 def ablation_budget(budget):
-    """Half the profile's main budget, final evaluation only: long enough that the reference has
-    clearly learned (chapter 01 states its mIoU), short enough for every arm x 3 seeds."""
-    return budget.replace(steps=budget.steps // 2, warmup_steps=budget.warmup_steps // 2, eval_every=0)
+    """The book's ablation budget (:func:`hrvit_edu.train.ablation.ablation_budget`: half the main
+    budget, final evaluation only); chapter 01 states the reference's mIoU at it."""
+    from ..train.ablation import ablation_budget as half
+
+    return half(budget)
 
 
 def ablation_sweep() -> list[tuple[list, list[int]]]:

@@ -31,6 +31,13 @@ from .evaluate import boundary_accuracy
 from .loop import fit
 
 
+def ablation_budget(budget: Budget) -> Budget:
+    """Half a profile's main budget, final evaluation only: the book's ablation budget, long enough
+    that a chapter's reference model has clearly learned (each chapter states its mIoU), short
+    enough for every arm x 3 seeds."""
+    return budget.replace(steps=budget.steps // 2, warmup_steps=budget.warmup_steps // 2, eval_every=0)
+
+
 @dataclasses.dataclass(frozen=True)
 class Arm:
     """One arm: model config ``overrides`` and, for optimiser arms, ``budget`` overrides."""

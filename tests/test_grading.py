@@ -211,6 +211,15 @@ def _reach_ignores_shift(h, p, shifts):
     return list(range(min(p, h)))
 
 
+def _reach_keeps_padded_copies(h, p, shifts):   # joins a region through a padded copy whose output is dropped
+    reach = {0}
+    for s in reversed(shifts):
+        src = [(r - s) % h for r in range(-(-h // p) * p)]
+        reach = set().union(*(set(src[g * p:(g + 1) * p]) for g in range(len(src) // p)
+                              if set(src[g * p:(g + 1) * p]) & reach))
+    return sorted(reach)
+
+
 def _conv_weight_transposed(w1, c, p, axis):     # reads W1 as (O, p, C): the wrong channel order
     k = w1.reshape(w1.shape[0], p, c).transpose(1, 2)
     return k[:, :, :, None] if axis == "h" else k[:, :, None, :]
@@ -230,6 +239,7 @@ WRONG = [
     ("hiremlp.partition", _part_zero_pad, "circular"),
     ("hiremlp.restore", _restore_no_crop, "shape"),
     ("hiremlp.reach", _reach_ignores_shift, "walk back from the output"),
+    ("hiremlp.reach", _reach_keeps_padded_copies, "padded copies are dropped"),
     ("hiremlp.conv_view", _conv_weight_transposed, "K[o, c, i, 0]"),
     ("hiremlp.gather_kernel", (gather_launcher, gather_kernel_no_wrap), "true modulo"),
     ("hrvit.padding_waste", _waste_padded_tokens, "expected"),

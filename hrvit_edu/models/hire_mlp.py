@@ -28,7 +28,8 @@ official code's split-attention re-weighting (ViP / CycleMLP style; ``fusion="re
     a = GAP(X_h + X_w + X_c);  alpha = softmax_k( W_r2 GELU(W_r1 a) )  per channel, k in {h, w, c}
     Hire(X) = W_p (alpha_h * X_h + alpha_w * X_w + alpha_c * X_c) + b_p                          (4.3)
 
-``fusion="sum"`` is the paper's description, W_p (X_h + X_w + X_c) + b_p.
+``fusion="sum"`` is the seed article's description (the paper's text: unverified),
+W_p (X_h + X_w + X_c) + b_p.
 
 **Block** (BatchNorm throughout): X <- X + Hire(BN(X)); X <- X + MLP(BN(X)), MLP ratio 4.
 **Network**: conv k7/s4/p2 + BN + ReLU stem; four stages; conv k3/s2/p1 + BN + ReLU between

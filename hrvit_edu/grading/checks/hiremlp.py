@@ -90,14 +90,15 @@ register(Question("hiremlp.restore", "the inverse rearrangement: unstack, crop, 
 
 # ------------------------------------------------------------------------------ 3. what happens if
 def _reach_ref(h, p, shifts, row=0):
+    """Output row o of a block is padded row (o + s) mod H (padded copies past H are discarded),
+    so it reads the input rows of that padded row's region."""
     reach = {row}
     for s in reversed(shifts):
         src = [(r - s) % h for r in range(-(-h // p) * p)]
         new = set()
-        for g in range(len(src) // p):
-            region = set(src[g * p:(g + 1) * p])
-            if region & reach:
-                new |= region
+        for out in reach:
+            g = ((out + s) % h) // p
+            new |= set(src[g * p:(g + 1) * p])
         reach = new
     return sorted(reach)
 
@@ -124,9 +125,10 @@ register(Question("hiremlp.reach", "what happens if s = 0: how far information t
     Check("no shift: one region", 1, lambda fn: _reach_check(
         fn, 32, 4, [0, 0, 0, 0], "with s = 0 every block uses the same regions: row 0 never leaves its region")),
     Check("the official stage-1 schedule", 1, lambda fn: _reach_check(
-        fn, 32, 4, [0, 2, 0, 2], "walk back from the output: a block joins every region that holds a reached row")),
+        fn, 32, 4, [0, 2, 0, 2],
+        "walk back from the output: output row o is padded row (o + s) mod H; it reads that row's region")),
     Check("circular padding wraps", 1, lambda fn: _reach_check(
-        fn, 16, 3, [0, 1, 2], "the last region of a padded map holds the last rows and copies of the first")),
+        fn, 7, 3, [0, 1], "padded copies are dropped after the MLP: only the region of row (o + s) mod H counts")),
     Check("hidden schedules", 1, _reach_hidden),
 ), off_limits=_REARRANGE))
 
@@ -176,7 +178,7 @@ def _operand_ref(x, p, s):
     return z.permute(0, 2, 3, 1).reshape(b * z.shape[2] * w, c * p)  # rows (b, g, w), columns (c, i)
 
 
-_LAUNCH = ("gather_kernel[(cdiv(M, 16), cdiv(K, 16))](X, A, M, K, G, W, H, *x.stride(), P=p, S=s, "
+_LAUNCH = ("gather_kernel[(cdiv(M, 16), cdiv(K, 16))](X, A, M, K, G, W, H, *x.stride(), P=p, S=s % H, "
            "BM=16, BK=16)")
 
 

@@ -163,7 +163,7 @@ class CSWin(nn.Module):
         feats = self.forward_features(x)
         if self.head is None:
             return feats
-        return F.interpolate(self.head(feats), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return self.head.logits_at(feats, x.shape[-2:])
 
 
 VARIANTS = {

@@ -261,7 +261,7 @@ class HireMLP(nn.Module):
         feats = self.forward_features(x)
         if self.head is None:
             return feats
-        return F.interpolate(self.head(feats), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return self.head.logits_at(feats, x.shape[-2:])
 
 
 VARIANTS = {
@@ -293,9 +293,11 @@ def ablation_budget(budget):
 
 def ablation_sweep() -> list[tuple[list, list[int]]]:
     """Chapter 04's sweep as (arms, seeds) groups: every ``ABLATIONS`` arm with each seed."""
-    from ..train.ablation import Arm  # the training package is needed only here, not at import
+    from ..train.ablation import sweep_groups  # the training package is needed only here, not at import
 
-    return [([Arm(name, kw) for name, kw in ABLATIONS.items()], list(ABLATION_SEEDS))]
+    return sweep_groups(ABLATIONS, ABLATION_SEEDS)
+
+
 # Official README (ImageNet-1K classifiers, 224 x 224): parameters and "FLOPs" (multiply-adds).
 PUBLISHED_PARAMS = {"tiny": 18.0e6, "small": 33.1e6, "base": 58.2e6, "large": 95.7e6}
 PUBLISHED_GMACS_224 = {"tiny": 2.14, "small": 4.23, "base": 8.11, "large": 13.42}

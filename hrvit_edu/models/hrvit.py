@@ -398,7 +398,7 @@ class HRViT(nn.Module):
         h, w = x.shape[-2:]
         ph, pw = (-h) % self.stride, (-w) % self.stride
         feats = self.forward_features(F.pad(x, (0, pw, 0, ph)) if ph or pw else x)[self.cfg.head_from:]
-        logits = F.interpolate(self.head(feats), size=(h + ph, w + pw), mode="bilinear", align_corners=False)
+        logits = self.head.logits_at(feats, (h + ph, w + pw))
         return logits[..., :h, :w]
 
 
@@ -445,10 +445,9 @@ def ablation_sweep() -> list[tuple[list, list[int]]]:
     """Chapter 01's whole sweep as (arms, seeds) groups: every ``ABLATIONS`` arm with each of
     ``ABLATION_SEEDS``, then the learning-rate sweep ``LR_SWEEP`` with seed 0.  The chapter and
     ``tools/run_ablations.py`` both run (or check) exactly this list."""
-    from ..train.ablation import Arm  # the training package is needed only here, not at import
+    from ..train.ablation import sweep_groups  # the training package is needed only here, not at import
 
-    return [([Arm(name, kw) for name, kw in ABLATIONS.items()], list(ABLATION_SEEDS)),
-            ([Arm(f"lr {lr:g}", {}, {"lr": lr}) for lr in LR_SWEEP], [0])]
+    return sweep_groups(ABLATIONS, ABLATION_SEEDS, LR_SWEEP)
 
 
 OFFICIAL_BACKBONE_PARAMS = {"b1": 7.758e6, "b2": 20.311e6, "b3": 25.508e6}

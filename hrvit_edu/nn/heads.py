@@ -29,3 +29,8 @@ class AllMLPHead(nn.Module):
         g = [F.interpolate(p(f), size=size, mode="bilinear", align_corners=False) if f.shape[-2:] != size
              else p(f) for p, f in zip(self.proj, feats)]
         return self.classifier(self.drop(self.fuse(torch.cat(g, 1))))
+
+    def logits_at(self, feats: list[torch.Tensor], size) -> torch.Tensor:
+        """The head's logits (at the finest map) bilinearly resized to ``size`` (the input's H, W):
+        what every segmenter in the book returns."""
+        return F.interpolate(self(feats), size=size, mode="bilinear", align_corners=False)

@@ -38,6 +38,15 @@ def ablation_budget(budget: Budget) -> Budget:
     return budget.replace(steps=budget.steps // 2, warmup_steps=budget.warmup_steps // 2, eval_every=0)
 
 
+def sweep_groups(ablations: dict, seeds, lr_values=()) -> list[tuple[list["Arm"], list[int]]]:
+    """A chapter's sweep as (arms, seeds) groups: every arm of ``ablations`` (name -> overrides)
+    with each of ``seeds``, then, if given, one arm per learning rate of ``lr_values`` with seed 0."""
+    groups = [([Arm(name, kw) for name, kw in ablations.items()], list(seeds))]
+    if lr_values:
+        groups.append(([Arm(f"lr {lr:g}", {}, {"lr": lr}) for lr in lr_values], [0]))
+    return groups
+
+
 @dataclasses.dataclass(frozen=True)
 class Arm:
     """One arm: model config ``overrides`` and, for optimiser arms, ``budget`` overrides."""

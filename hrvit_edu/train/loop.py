@@ -144,8 +144,12 @@ def fit(model: nn.Module, data: DataBundle, budget: Budget, *, device=None,
     if world > 1:
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-    decay = [p for n, p in model.named_parameters() if p.ndim > 1 and p.requires_grad]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1 and p.requires_grad]
+    # no weight decay on 1-D parameters (norms, biases, scales), nor on what the model names
+    # (``model.no_weight_decay()``: e.g. TransNeXt's query embeddings and position-bias MLPs)
+    named_free = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    free = lambda n, p: p.ndim <= 1 or n in named_free
+    decay = [p for n, p in model.named_parameters() if not free(n, p) and p.requires_grad]
+    no_decay = [p for n, p in model.named_parameters() if free(n, p) and p.requires_grad]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": budget.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=budget.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, budget))

@@ -92,3 +92,33 @@ def gather_launcher(x, p, s):
     gather_kernel_no_wrap[(triton.cdiv(m, 16), triton.cdiv(k, 16))](x, a, m, k, g, w, h, *x.stride(), P=p, S=s % h,
                                                                     BM=16, BK=16)
     return a
+
+
+@triton.jit
+def window_logits_kernel_clamped(QT, K, BLOC, OUT, L, H, W, D, KS: tl.constexpr, BM: tl.constexpr, DP: tl.constexpr):
+    """Shifts border windows inward (clamps the neighbour, as neighbourhood attention does) instead
+    of masking the off-map slots."""
+    rows = tl.program_id(0) * BM + tl.arange(0, BM)
+    g = tl.program_id(1)
+    dd = tl.arange(0, DP)
+    r, c = rows // W, rows % W
+    dmask = dd[None, :] < D
+    base = g * L * D
+    qt = tl.load(QT + base + rows[:, None] * D + dd[None, :], mask=(rows[:, None] < L) & dmask,
+                 other=0.0).to(tl.float32)
+    for z in tl.static_range(KS * KS):
+        rr = tl.minimum(tl.maximum(r + z // KS - KS // 2, 0), H - 1)
+        cc = tl.minimum(tl.maximum(c + z % KS - KS // 2, 0), W - 1)
+        kz = tl.load(K + base + (rr * W + cc)[:, None] * D + dd[None, :], mask=(rows[:, None] < L) & dmask,
+                     other=0.0).to(tl.float32)
+        lz = tl.sum(qt * kz, axis=1) + tl.load(BLOC + z).to(tl.float32)
+        tl.store(OUT + g * L * KS * KS + rows * KS * KS + z, lz, mask=rows < L)
+
+
+def window_logits_launcher(qt, k, b_loc, h, w, ks):
+    g, n, d = qt.shape
+    out = torch.empty(g, n, ks * ks, dtype=torch.float32)
+    window_logits_kernel_clamped[(triton.cdiv(n, 16), g)](qt.contiguous(), k.contiguous(), b_loc.contiguous(), out,
+                                                          n, h, w, d, KS=ks, BM=16,
+                                                          DP=max(16, triton.next_power_of_2(d)))
+    return out

@@ -89,3 +89,24 @@ def test_ablation_sweep_covers_every_arm_and_the_lr_sweep():
     assert [a.budget["lr"] for a in lr_arms] == list(LR_SWEEP) and lr_seeds == [0]
     assert all(a.overrides == {} for a in lr_arms)
 
+
+
+def test_extra_metrics_are_recorded_and_summarised(data, tmp_path):
+    calls = []
+
+    def extra(model):
+        calls.append(type(model).__name__)
+        return {"width_sum": float(sum(p.numel() for p in model.parameters()))}
+
+    res = run_ablation(make, ARMS, [0], data, BUDGET, path=tmp_path / "x.json", extra=extra)
+    assert len(calls) == 2 and all("width_sum" in r for r in res["runs"])
+    s = summarize(res, "width_sum")
+    assert s["narrow"][0] < s["reference"][0]
+
+
+def test_transnext_sweep_and_budget():
+    from hrvit_edu.models import transnext as T
+    groups = T.ablation_sweep()
+    assert [a.name for a in groups[0][0]] == list(T.ABLATIONS) and groups[0][1] == [0, 1, 2]
+    b = T.ablation_budget(get_profile("book").budget)
+    assert b.steps == get_profile("book").budget.steps and b.eval_every == 0

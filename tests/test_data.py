@@ -155,3 +155,15 @@ def test_bundle_and_visualisation():
     assert len(fig.axes) == 9
     import matplotlib.pyplot as plt
     plt.close(fig)
+
+
+def test_rescaled_test_set_scales_canvas_and_glyphs():
+    from hrvit_edu.data import SceneConfig, rescaled_test_set
+    cfg = SceneConfig(num_train=8, num_val=4, num_test=4)
+    for factor, side in ((0.75, 48), (1.0, 64), (2.0, 128)):
+        ds = rescaled_test_set(cfg, factor)
+        img, lab = ds[0]
+        assert img.shape == (1, side, side) and lab.shape == (side, side)
+        assert ds.config.scale_range == pytest.approx(tuple(s * side / 64 for s in cfg.scale_range))
+        assert len(ds) == 4
+    assert len(rescaled_test_set(cfg, 1.5, num_test=2)) == 2

@@ -130,7 +130,49 @@ from grading_kernels import (  # noqa: E402
     l2_launcher,
     right_kernel_no_bias,
     right_launcher,
+    window_logits_kernel_clamped,
+    window_logits_launcher,
 )
+
+
+def _counts_no_mask(h, w, k, p):                  # every query counted as seeing k^2 window keys
+    return torch.full((h * w,), float(k * k + p))
+
+
+def _counts_shifted(h, w, k, p):                  # windows shifted inward: k^2 keys whenever the map allows
+    return torch.full((h * w,), float(min(k, h) * min(k, w) + p))
+
+
+def _lsca_scaled_bias(q, k, v, tau, e, bias):     # multiplies the bias by tau ln N too
+    n = k.shape[2]
+    qh, kh = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+    return torch.softmax(((qh + e[None, :, None]) @ kh.transpose(-1, -2) + bias[None])
+                         * (tau * math.log(n))[None, :, None, None], -1) @ v
+
+
+def _lsca_no_normalise(q, k, v, tau, e, bias):    # dot product instead of cosine
+    n = k.shape[2]
+    return torch.softmax((q + e[None, :, None]) @ k.transpose(-1, -2) * (tau * math.log(n))[None, :, None, None]
+                         + bias[None], -1) @ v
+
+
+def _pool_before_gelu(x, hw, w_sr, b_sr, ln_w, ln_b, pool_hw):    # pools, then activates
+    b, n, c = x.shape
+    m = (x @ w_sr.T + b_sr).transpose(1, 2).reshape(b, c, *hw)
+    pooled = F.gelu(F.adaptive_avg_pool2d(m, pool_hw)).flatten(2).transpose(1, 2)
+    return F.layer_norm(pooled, (c,), ln_w, ln_b, eps=1e-5)
+
+
+def _glu_conv_on_value(x, hw, w1, b1, dw_w, dw_b, w2, b2):       # the depthwise conv on u, not the gate
+    b, n, c = x.shape
+    hid = w1.shape[0] // 2
+    g, u = (x @ w1.T + b1).chunk(2, -1)
+    u = F.conv2d(u.transpose(1, 2).reshape(b, hid, *hw), dw_w, dw_b, padding=1, groups=hid).flatten(2).transpose(1, 2)
+    return (F.gelu(g) * u) @ w2.T + b2
+
+
+def _mult_fixed_pool(img, patch, sr, k=3, tau=1 / 0.24):          # P frozen at the 224 value (7 x 7)
+    return tuple(tau * math.log(n + 49) for n in (4, 6, 9))
 
 
 def _kron_no_transpose(A, B, x):
@@ -242,6 +284,14 @@ WRONG = [
     ("hiremlp.reach", _reach_keeps_padded_copies, "padded copies are dropped"),
     ("hiremlp.conv_view", _conv_weight_transposed, "K[o, c, i, 0]"),
     ("hiremlp.gather_kernel", (gather_launcher, gather_kernel_no_wrap), "true modulo"),
+    ("transnext.key_counts", _counts_no_mask, "on the map"),
+    ("transnext.key_counts", _counts_shifted, "masked, not shifted inward"),
+    ("transnext.lsca", _lsca_scaled_bias, "add B after the tau ln N scaling"),
+    ("transnext.lsca", _lsca_no_normalise, "normalise q and k to unit length"),
+    ("transnext.pool", _pool_before_gelu, "GELU(mean) is not mean(GELU)"),
+    ("transnext.convglu", _glu_conv_on_value, "belongs to the gate branch"),
+    ("transnext.window_logits_kernel", (window_logits_launcher, window_logits_kernel_clamped), "never a clamped"),
+    ("transnext.multipliers", _mult_fixed_pool, "P grows with the image"),
     ("hrvit.padding_waste", _waste_padded_tokens, "expected"),
     ("preface.miou", lambda p, t, k, i=255: torch.zeros(()), "got 0.0000"),
     ("preface.miou", _miou_pixel_acc, "pixel accuracy"),
@@ -367,3 +417,12 @@ def test_cli_exit_codes(tmp_path):
     r = subprocess.run([sys.executable, "-m", "hrvit_edu.grading", str(tmp_path / "missing.ipynb")],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "no such notebook" in r.stderr
+
+
+def test_an_infinite_reference_accepts_only_that_value():
+    from hrvit_edu.grading.compare import assert_matches
+    from hrvit_edu.grading.core import CheckFailed
+    want = torch.tensor([1.0, float("-inf")])
+    assert_matches(torch.tensor([1.0, float("-inf")]), want)
+    with pytest.raises(CheckFailed, match="where the answer is -inf"):
+        assert_matches(torch.tensor([1.0, -1e9]), want)

@@ -138,3 +138,53 @@ def test_bad_input_raises_clear_errors():
     attn = AggregatedAttention(16, 2, sr=2)
     with pytest.raises(ValueError, match="expects"):
         attn(torch.randn(1, 20, 16), (4, 4))
+
+
+def test_comparators_and_ablation_arms_build_and_run():
+    from hrvit_edu.models import transnext as T
+    for arm, kw in T.ABLATIONS.items():
+        m = hrvit_edu.create_model("transnext_micro", **SMALL, img_size=32, **kw).eval()
+        with torch.no_grad():
+            assert m(torch.randn(1, 1, 48, 40)).shape == (1, 11, 48, 40), arm
+    soft = hrvit_edu.create_model("transnext_micro", **SMALL, img_size=32, attention="softmax")
+    assert not any("temperature" in n or "cpb" in n for n, _ in soft.named_parameters())
+    assert any(n.endswith("table.table") for n, _ in soft.named_parameters())
+    ffn = hrvit_edu.create_model("transnext_micro", **SMALL, mlp="convffn")
+    assert isinstance(ffn.stages[0][0].mlp, T.ConvFFN)
+    nopos = hrvit_edu.create_model("transnext_micro", **SMALL, positional=False)
+    assert not any("learnable_tokens" in n for n, _ in nopos.named_parameters())
+    with pytest.raises(ValueError, match="attention must be one of"):
+        hrvit_edu.create_model("transnext_micro", **SMALL, attention="linear")
+    with pytest.raises(ValueError, match="mlp must be"):
+        hrvit_edu.create_model("transnext_micro", **SMALL, mlp="swiglu")
+
+
+def test_table_bias_is_exact_at_the_training_grid_and_resized_elsewhere():
+    from hrvit_edu.models.transnext import TableBias, resize_bias
+    tb = TableBias(2, (8, 8), (2, 2))
+    assert tb((8, 8), (2, 2)) is tb.table
+    out = tb((12, 10), (3, 2))
+    assert out.shape == (2, 120, 6)
+    # a constant table stays constant under bilinear resizing
+    const = torch.full((2, 64, 4), 0.7)
+    torch.testing.assert_close(resize_bias(const, (8, 8), (2, 2), (5, 9), (3, 3)), torch.full((2, 45, 9), 0.7))
+
+
+def test_window_helpers_are_the_shifted_sums():
+    from hrvit_edu.kernels import aggregated_attention as A
+    g = torch.Generator().manual_seed(0)
+    q, k = torch.randn(1, 2, 12, 4, generator=g), torch.randn(1, 2, 12, 4, generator=g)
+    dots = A.window_dots(q, k, (3, 4), 3)
+    valid = A.window_validity(3, 4, 3)
+    for i in range(12):
+        r, c = divmod(i, 4)
+        for z in range(9):
+            rr, cc = r + z // 3 - 1, c + z % 3 - 1
+            want = (q[0, :, i] * k[0, :, rr * 4 + cc]).sum(-1) if valid[i, z] else torch.zeros(2)
+            torch.testing.assert_close(dots[0, :, i, z], want)
+    w = torch.randn(1, 2, 12, 9, generator=g)
+    torch.testing.assert_close(A.window_sum(w, k, (3, 4), 3),
+                               torch.einsum("bhnz,bhnzd->bhnd", w.masked_fill(~valid, 0), torch.stack(
+                                   [torch.stack([k[:, :, (i // 4 + z // 3 - 1) * 4 + i % 4 + z % 3 - 1] if valid[i, z]
+                                                 else torch.zeros(1, 2, 4) for z in range(9)], -2)
+                                    for i in range(12)], 2)))

@@ -1,12 +1,12 @@
 """Run a chapter's single-change ablations (every arm x 3 seeds, plus chapter 01's one-seed
 learning-rate sweep: the model module's ``ablation_sweep``) and store the results.
 
-    .venv/bin/python tools/run_ablations.py [--chapter 01_hrvit|04_hiremlp] [--profile book]
+    .venv/bin/python tools/run_ablations.py [--chapter 01_hrvit|02_transnext|04_hiremlp] [--profile book]
 
 Writes ``chapters/results/<chapter>_ablations_<profile>.json`` after every run (an interrupted
 sweep resumes).  The chapter loads the file, checks every run key against the current code and
 re-trains one run live to confirm it.  Book profile on 2 CPU cores: about 45 minutes for
-chapter 01, 20 for chapter 04.
+chapter 01, 30 for chapter 02, 20 for chapter 04.
 """
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ from hrvit_edu.profiles import get_profile
 from hrvit_edu.train.ablation import run_ablation
 
 ROOT = Path(__file__).resolve().parents[1]
-CHAPTERS = {"01_hrvit": "hrvit", "04_hiremlp": "hire_mlp"}      # chapter -> model module (and <module>_textbook)
+# chapter -> model module (and <module>_textbook)
+CHAPTERS = {"01_hrvit": "hrvit", "02_transnext": "transnext", "04_hiremlp": "hire_mlp"}
 
 
 def main(argv=None) -> int:
@@ -40,7 +41,8 @@ def main(argv=None) -> int:
     make = lambda **kw: hrvit_edu.create_model(f"{CHAPTERS[args.chapter]}_textbook", **kw)  # noqa: E731
     budget = module.ablation_budget(profile.budget)           # each chapter states its ablation budget
     for arms, seeds in module.ablation_sweep():
-        res = run_ablation(make, arms, seeds, data, budget, path=path, env=env_info("cpu"))
+        res = run_ablation(make, arms, seeds, data, budget, path=path, env=env_info("cpu"),
+                           extra=getattr(module, "ablation_extra", None))
     print(f"{len(res['runs'])} runs -> {path.relative_to(ROOT)}")
     return 0
 

@@ -90,6 +90,19 @@ class DigitScenes(Dataset):
         return default_collate([self[int(i)] for i in indices])
 
 
+def rescaled_test_set(config: SceneConfig | None = None, factor: float = 1.0, num_test: int | None = None,
+                      seed: int = 0, cache_dir=None) -> "DigitScenes":
+    """The test split of ``config`` rendered at ``factor`` x its resolution: the canvas (rounded to
+    a multiple of 16) and the glyph sizes scale together, so the same kind of scene is seen at
+    another resolution (multi-scale inference: train at one size, evaluate at several)."""
+    config = config or SceneConfig()
+    canvas = max(32, int(round(config.canvas * factor / 16)) * 16)
+    f = canvas / config.canvas
+    scaled = dataclasses.replace(config, canvas=canvas, scale_range=tuple(s * f for s in config.scale_range),
+                                 num_test=num_test or config.num_test)
+    return DigitScenes("test", scaled, None, seed, cache_dir)
+
+
 def digitscenes_bundle(config: SceneConfig | None = None, augment: Augment | None = Augment(),
                        seed: int = 0, cache_dir=None) -> DataBundle:
     """Train (augmented) / val / test DigitScenes splits of one config, ready for ``fit``."""

@@ -51,8 +51,15 @@ def assert_matches(got, want: torch.Tensor, *, atol: float = 1e-5, rtol: float =
         idx = [int(i) for i in torch.nonzero(bad)[0]]
         raise CheckFailed(f"{what} has NaN/inf at {idx} where the answer is finite"
                           " - division by zero, or exp of a large number?")
-    err = (g - w).abs()
-    tol = atol + rtol * w.abs()
+    inf = torch.isinf(w) & (g != w)              # where the answer is +-inf, only that value is right
+    if inf.any():
+        idx = [int(i) for i in torch.nonzero(inf)[0]]
+        extra = hint(got, want) if callable(hint) else hint
+        raise CheckFailed(f"{what} is {g[tuple(idx)].item():.4g} at {idx} where the answer is "
+                          f"{w[tuple(idx)].item():.4g}" + (f" - {extra}" if extra else ""))
+    finite = torch.isfinite(w)
+    err = torch.where(finite, (g - w).abs(), torch.zeros_like(w))
+    tol = atol + rtol * torch.where(finite, w.abs(), torch.zeros_like(w))
     if (err > tol).any():
         flat = int(torch.argmax(err - tol))
         idx = list(torch.unravel_index(torch.tensor(flat), err.shape)) if err.ndim else []

@@ -136,13 +136,31 @@ def aggregated_attention_unfold(q, k, v, kp, vp, qe, tau, b_loc, b_pool, tokens,
 
 
 def _shifted(t, hw, window):
-    """The k^2 shifted views of a zero-padded (B, h, H, W, d) map: view z is rho_z applied to all i."""
+    """The k^2 shifted views (B, h, H, W, d) of a zero-padded map: view z holds rho_z(i) at i.
+    Views of one padded copy: no per-slot copy (a reshape to (B, h, N, d) would copy each)."""
     b, nh, n, d = t.shape
     h, w = hw
     r = window // 2
     padded = F.pad(t.reshape(b, nh, h, w, d), (0, 0, r, r, r, r))
-    return [padded[:, :, a1:a1 + h, a2:a2 + w, :].reshape(b, nh, n, d)
-            for a1 in range(window) for a2 in range(window)]
+    return [padded[:, :, a1:a1 + h, a2:a2 + w, :] for a1 in range(window) for a2 in range(window)]
+
+
+def window_dots(q: torch.Tensor, k: torch.Tensor, hw, window: int) -> torch.Tensor:
+    """(B, h, N, k^2): q_i . k_{rho_z(i)} for every slot z (0 for off-map slots, which read the padding)."""
+    b, nh, n, d = q.shape
+    q5 = q.reshape(b, nh, *hw, d)
+    return torch.stack([(q5 * kz).sum(-1) for kz in _shifted(k, hw, window)], -1).reshape(b, nh, n, -1)
+
+
+def window_sum(wts: torch.Tensor, v: torch.Tensor, hw, window: int) -> torch.Tensor:
+    """(B, h, N, d): sum_z wts_iz v_{rho_z(i)} (off-map slots read zeros)."""
+    b, nh, n, kk = wts.shape
+    w5 = wts.reshape(b, nh, *hw, kk)
+    out = None
+    for z, vz in enumerate(_shifted(v, hw, window)):
+        term = w5[..., z, None] * vz
+        out = term if out is None else out.add_(term)
+    return out.reshape(b, nh, n, -1)
 
 
 def aggregated_attention_reference(q, k, v, kp, vp, qe, tau, b_loc, b_pool, tokens, beta, hw, window=3,
@@ -157,11 +175,9 @@ def aggregated_attention_reference(q, k, v, kp, vp, qe, tau, b_loc, b_pool, toke
     valid = window_validity(h, w, window, q.device)
     scale = length_scale(tau, h, w, window, kp.shape[2], length_scaled)
     qt = (q + qe[None, :, None, :]) * scale
-    loc = torch.stack([(qt * kz).sum(-1) for kz in _shifted(k, hw, window)], -1) + b_loc[None, :, None, :]
+    loc = window_dots(qt, k, hw, window) + b_loc[None, :, None, :]
     pool = qt @ kp.transpose(-1, -2) + b_pool[None]
-    v_views = _shifted(v, hw, window)
-    return _joint_softmax_output(q, qt, loc, pool, valid,
-                                 lambda wl: sum(wl[..., z, None] * v_views[z] for z in range(kk)),
+    return _joint_softmax_output(q, qt, loc, pool, valid, lambda wl: window_sum(wl, v, hw, window),
                                  vp, tokens, beta, kk)
 
 
@@ -287,7 +303,7 @@ def _scatter_shifted(parts, hw, window):
     h, w = hw
     r = window // 2
     out = parts[0].new_zeros(b, nh, h + 2 * r, w + 2 * r, d)
-    for z, t in enumerate(parts):
+    for z, t in enumerate(parts):                   # t: (B, h, N, d)
         a1, a2 = divmod(z, window)
         out[:, :, a1:a1 + h, a2:a2 + w, :] += t.reshape(b, nh, h, w, d)
     return out[:, :, r:r + h, r:r + w, :].reshape(b, nh, n, d)
@@ -303,14 +319,13 @@ def aggregated_attention_backward_reference(do, q, k, v, kp, vp, qe, tau, b_loc,
     lam = length_scale(tau, h, w, window, kp.shape[2])
     qe_ = q + qe[None, :, None, :]
     qt = qe_ * lam
-    k_views, v_views = _shifted(k, hw, window), _shifted(v, hw, window)
-    loc = torch.stack([(qt * kz).sum(-1) for kz in k_views], -1) + b_loc[None, :, None, :]
+    loc = window_dots(qt, k, hw, window) + b_loc[None, :, None, :]
     loc = loc.masked_fill(~valid, float("-inf"))
     pool = qt @ kp.transpose(-1, -2) + b_pool[None]
     a = torch.softmax(torch.cat([loc, pool], -1), -1)
     a_loc, a_pool = a[..., :kk], a[..., kk:]
     w_loc = a_loc + torch.einsum("bhnd,hdz->bhnz", q, tokens) + beta[None, :, None, :]
-    dw = torch.stack([(do * vz).sum(-1) for vz in v_views], -1)                 # off-map v = 0 -> dw = 0
+    dw = window_dots(do, v, hw, window)                                         # off-map v = 0 -> dw = 0
     da = torch.cat([dw, do @ vp.transpose(-1, -2)], -1)
     dl = a * (da - (a * da).sum(-1, keepdim=True))
     dl_loc, dl_pool = dl[..., :kk], dl[..., kk:]
@@ -320,7 +335,7 @@ def aggregated_attention_backward_reference(do, q, k, v, kp, vp, qe, tau, b_loc,
     dbeta = dw.sum((0, 2))
     db_loc = dl_loc.sum((0, 2))
     db_pool = dl_pool.sum(0)
-    dqt = sum(dl_loc[..., z, None] * k_views[z] for z in range(kk)) + dl_pool @ kp
+    dqt = window_sum(dl_loc, k, hw, window) + dl_pool @ kp
     dk = _scatter_shifted([dl_loc[..., z, None] * qt for z in range(kk)], hw, window)
     dkp = dl_pool.transpose(-1, -2) @ qt
     dq = lam * dqt + torch.einsum("bhnz,hdz->bhnd", dw, tokens)

@@ -190,11 +190,11 @@ class AggregatedAttention(_LSCABase):
     """Pixel-focused attention + positional attention with LSCA (stages 1-3), eqs. (2.3)-(2.7).
 
     x (B, H W, C) -> (B, H W, C).  ``sr`` sets the pooled grid (H // sr, W // sr).
-    ``positional_bias=False`` freezes beta at 0 (the seed article's QLV term has no beta).
+    ``positional=False`` drops the positional-attention term q^.T + beta (an ablation).
     """
 
     def __init__(self, dim: int, heads: int, sr: int, window: int = 3, pretrain_hw=(56, 56), train_hw=(56, 56),
-                 cpb_mode: str = "interpolate", attention: str = "lsca", positional_bias: bool = True,
+                 cpb_mode: str = "interpolate", attention: str = "lsca", positional: bool = True,
                  use_kernel: bool | None = None):
         super().__init__(dim, heads, sr, pretrain_hw, train_hw, cpb_mode, attention, use_kernel)
         if window % 2 != 1:
@@ -206,8 +206,13 @@ class AggregatedAttention(_LSCABase):
         self.sr_conv = nn.Conv2d(dim, dim, 1)
         self.norm = nn.LayerNorm(dim)                  # eps 1e-5, as in the code
         self.relative_pos_bias_local = nn.Parameter(nn.init.trunc_normal_(torch.empty(heads, kk), std=4e-4))
-        self.learnable_tokens = nn.Parameter(nn.init.trunc_normal_(torch.empty(heads, self.d, kk), std=0.02))
-        self.learnable_bias = nn.Parameter(torch.zeros(heads, kk), requires_grad=positional_bias)
+        self.positional = positional
+        if positional:
+            self.learnable_tokens = nn.Parameter(nn.init.trunc_normal_(torch.empty(heads, self.d, kk), std=0.02))
+            self.learnable_bias = nn.Parameter(torch.zeros(heads, kk))
+        else:                                          # the ablation: no positional attention
+            self.register_buffer("learnable_tokens", torch.zeros(heads, self.d, kk), persistent=False)
+            self.register_buffer("learnable_bias", torch.zeros(heads, kk), persistent=False)
 
     def pool_hw(self, hw) -> tuple[int, int]:
         return max(1, hw[0] // self.sr), max(1, hw[1] // self.sr)
@@ -280,6 +285,22 @@ def convglu_hidden(dim: int, mlp_ratio: float) -> int:
     return int(2 * int(dim * mlp_ratio) / 3)
 
 
+class ConvFFN(nn.Module):
+    """The comparator ConvGLU replaces (PVT v2): y = W_2 GELU(DWConv3x3(W_1 x)), hidden r C."""
+
+    def __init__(self, dim: int, mlp_ratio: float):
+        super().__init__()
+        self.hidden = int(dim * mlp_ratio)
+        self.fc1 = nn.Linear(dim, self.hidden)
+        self.dwconv = nn.Conv2d(self.hidden, self.hidden, 3, padding=1, groups=self.hidden)
+        self.fc2 = nn.Linear(self.hidden, dim)
+
+    def forward(self, x: torch.Tensor, hw) -> torch.Tensor:
+        b, n, _ = x.shape
+        g = self.dwconv(self.fc1(x).transpose(1, 2).reshape(b, self.hidden, *hw)).flatten(2).transpose(1, 2)
+        return self.fc2(F.gelu(g))
+
+
 class ConvGLU(nn.Module):
     """[g; u] = W_1 x;  y = W_2 (GELU(DWConv3x3(g)) * u)   (the gate branch g gets the conv)."""
 
@@ -302,16 +323,18 @@ class TransNeXtBlock(nn.Module):
     """x <- x + DropPath(Attn(LN(x)));  x <- x + DropPath(ConvGLU(LN(x)))."""
 
     def __init__(self, dim, heads, mlp_ratio, sr, window, pretrain_hw, train_hw, drop_path=0.0,
-                 cpb_mode="interpolate", attention="lsca", use_kernel=None):
+                 cpb_mode="interpolate", attention="lsca", use_kernel=None, mlp="convglu", positional=True):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         if sr == 1:
             self.attn = LSCAttention(dim, heads, pretrain_hw, train_hw, cpb_mode, attention, use_kernel)
         else:
             self.attn = AggregatedAttention(dim, heads, sr, window, pretrain_hw, train_hw, cpb_mode, attention,
-                                            use_kernel=use_kernel)
+                                            positional, use_kernel)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.mlp = ConvGLU(dim, mlp_ratio)
+        if mlp not in ("convglu", "convffn"):
+            raise ValueError(f"TransNeXtBlock: mlp must be 'convglu' or 'convffn', got {mlp!r}")
+        self.mlp = ConvGLU(dim, mlp_ratio) if mlp == "convglu" else ConvFFN(dim, mlp_ratio)
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x, hw):
@@ -346,6 +369,8 @@ class TransNeXtConfig:
     pretrain_size: int | None = None                   # the CPB's normalising grid (None: img_size)
     cpb_mode: str = "interpolate"                      # "interpolate" (official downstream) | "extrapolate"
     attention: str = "lsca"                            # "softmax": dot-product logits + bias table (comparator)
+    mlp: str = "convglu"                               # "convffn": PVT v2's channel mixer (comparator)
+    positional: bool = True                            # False: no positional attention q^.T + beta (ablation)
     drop_path: float = 0.0
     head_dim: int = 256                                # E of the all-MLP head (segmentation form)
     task: str = "segment"                              # "segment" | "classify" (ImageNet)
@@ -378,7 +403,7 @@ class TransNeXt(nn.Module):
             grid, train = (pretrain // stride,) * 2, (max(1, cfg.img_size // stride),) * 2
             blocks = [TransNeXtBlock(cfg.dims[i], cfg.heads[i], cfg.mlp_ratios[i], cfg.sr_ratios[i], cfg.window,
                                      grid, train, rates[sum(cfg.depths[:i]) + j], cfg.cpb_mode, cfg.attention,
-                                     cfg.use_kernel)
+                                     cfg.use_kernel, cfg.mlp, cfg.positional)
                       for j in range(cfg.depths[i])]
             self.stages.append(nn.ModuleList(blocks))
             self.norms.append(nn.LayerNorm(cfg.dims[i], eps=1e-6))
@@ -465,6 +490,50 @@ VARIANTS = {
     "textbook": TransNeXtConfig(dims=(16, 32, 64, 96), heads=(1, 2, 4, 6), depths=(2, 2, 2, 2), patch=2,
                                 img_size=64, head_dim=32),
 }
+# Single-change ablations of the textbook variant (chapter 02, "claims re-tested"): arm -> overrides.
+ABLATIONS = {
+    "reference": {},
+    "softmax + bias table": {"attention": "softmax"},      # plain attention: no LSCA, no log-CPB
+    "ConvFFN (not ConvGLU)": {"mlp": "convffn"},
+}
+ABLATION_SEEDS = (0, 1, 2)
+TEST_SCALES = (0.75, 1.0, 1.5, 2.0)        # multi-scale inference: test canvases 48, 64, 96, 128 px
+SCALE_TEST_IMAGES = 200
+
+
+def ablation_budget(budget):
+    """Chapter 02 ablates at the *full* main budget (final evaluation only): at half of it the
+    textbook TransNeXt has barely left the all-background solution (0.33 test mIoU, seed 0,
+    measured; 0.82 at the full budget), so no gap could resolve."""
+    return budget.replace(eval_every=0)
+
+
+def ablation_sweep() -> list[tuple[list, list[int]]]:
+    """Chapter 02's sweep as (arms, seeds) groups: every ``ABLATIONS`` arm with each seed."""
+    from ..train.ablation import sweep_groups
+
+    return sweep_groups(ABLATIONS, ABLATION_SEEDS)
+
+
+def scale_metric(factor: float) -> str:
+    return f"test_miou_x{factor:g}"
+
+
+def ablation_extra(model: nn.Module, scenes=None) -> dict:
+    """Each trained arm's test mIoU on DigitScenes re-rendered at ``TEST_SCALES`` x the training
+    resolution (claim b, multi-scale inference), recorded next to its other metrics."""
+    from ..data import rescaled_test_set
+    from ..profiles import get_profile
+    from ..train.evaluate import evaluate
+
+    scenes = scenes or get_profile().scenes
+    out = {}
+    for f in TEST_SCALES:
+        test = rescaled_test_set(scenes, f, num_test=min(SCALE_TEST_IMAGES, scenes.num_test))
+        out[scale_metric(f)] = evaluate(model, test, 11).miou
+    return out
+
+
 # Official README (ImageNet-1K, 224 x 224): parameters and FLOPs.
 PUBLISHED_PARAMS = {"micro": 12.809e6, "tiny": 28.259e6, "small": 49.742e6, "base": 89.721e6}
 PUBLISHED_GFLOPS_224 = {"micro": 2.7, "tiny": 5.7, "small": 10.3, "base": 18.4}

@@ -64,8 +64,11 @@ def _record(arm: Arm, seed: int, model: nn.Module, data: DataBundle, budget: Bud
 
 def run_ablation(make_model: Callable[..., nn.Module], arms: list[Arm], seeds: list[int], data: DataBundle,
                  budget: Budget, *, path: str | Path | None = None, env: dict | None = None,
-                 progress: bool | None = False) -> dict:
+                 progress: bool | None = False, extra: Callable[[nn.Module], dict] | None = None) -> dict:
     """Train every (arm, seed); return ``{"budget", "env", "runs"}``.
+
+    ``extra(model) -> {metric: value}`` adds a chapter's own measurements of each trained model to
+    its record (e.g. chapter 02's mIoU at other test resolutions); :func:`summarize` reads them.
 
     ``make_model(**overrides)`` builds a fresh model; the seed is set before it is built and the
     budget's seed is the run's seed.  With ``path``, the results are written after every run and
@@ -88,6 +91,8 @@ def run_ablation(make_model: Callable[..., nn.Module], arms: list[Arm], seeds: l
                 continue
             history = fit(model, data, b, progress=progress)
             runs[key] = _record(arm, seed, model, data, b, key, history)
+            if extra is not None:
+                runs[key].update(extra(model))
             out["runs"] = list(runs.values())
             if path is not None:
                 save_results(out, path)

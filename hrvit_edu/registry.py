@@ -38,6 +38,21 @@ def register_model(name: str, *, paper: str, description: str = ""):
     return wrap
 
 
+def register_variants(prefix: str, *, paper: str, model_cls, variants: dict, title: str) -> None:
+    """Register ``<prefix>_<variant>`` for every config in ``variants``: a factory
+    ``(num_classes=11, in_chans=1, **overrides) -> model_cls(replace(config, **overrides), ...)``."""
+    def factory(variant: str):
+        def make(num_classes=11, in_chans=1, **overrides):
+            return model_cls(dataclasses.replace(variants[variant], **overrides), num_classes=num_classes,
+                             in_chans=in_chans)
+        make.__doc__ = f"{title}-{variant.capitalize()} (official configuration; task='classify' for ImageNet)"
+        make.__qualname__ = f"{prefix}_{variant}"
+        return make
+
+    for variant in variants:
+        register_model(f"{prefix}_{variant}", paper=paper)(factory(variant))
+
+
 def _load_all() -> None:
     for mod in _MODEL_MODULES:
         importlib.import_module(mod)

@@ -49,7 +49,7 @@ from ..kernels import prefer_kernel
 from ..kernels.hire import region_linear
 from ..nn import AllMLPHead, DropPath
 from ..nn.checks import check_images, check_model_args
-from ..registry import register_model
+from ..registry import register_variants
 
 
 # ============================================================================ rearrangements
@@ -303,13 +303,4 @@ PUBLISHED_PARAMS = {"tiny": 18.0e6, "small": 33.1e6, "base": 58.2e6, "large": 95
 PUBLISHED_GMACS_224 = {"tiny": 2.14, "small": 4.23, "base": 8.11, "large": 13.42}
 
 
-def _factory(variant: str):
-    def make(num_classes=11, in_chans=1, **overrides):
-        return HireMLP(dataclasses.replace(VARIANTS[variant], **overrides), num_classes=num_classes,
-                       in_chans=in_chans)
-    make.__doc__ = f"Hire-MLP-{variant.capitalize()} (official configuration; task='classify' for ImageNet)"
-    return make
-
-
-for _v in VARIANTS:
-    register_model(f"hire_mlp_{_v}", paper="hire_mlp")(_factory(_v))
+register_variants("hire_mlp", paper="hire_mlp", model_cls=HireMLP, variants=VARIANTS, title="Hire-MLP")

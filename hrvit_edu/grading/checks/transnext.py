@@ -257,8 +257,10 @@ def _mult_hidden(fn):
     rng = hidden_rng(55)
     for _ in range(3):
         patch = rng.choice((2, 4))
-        _mult_check(fn, rng.choice((64, 96, 128, 224, 320, 512)), patch, rng.choice((2, 4, 8)), 3,
+        _mult_check(fn, rng.choice((64, 96, 128, 224, 320, 512)), patch, rng.choice((2, 4, 8)), rng.choice((3, 5, 7)),
                     rng.uniform(1.0, 6.0), "")
+    # tiny maps: the window is wider than the map and the pool would be empty (at least one pooled key)
+    _mult_check(fn, rng.choice((8, 12)), 4, rng.choice((4, 8)), 5, rng.uniform(1.0, 6.0), "")
 
 
 register(Question("transnext.multipliers", "what happens if the input grows: the LSCA logit multiplier",
@@ -268,5 +270,5 @@ register(Question("transnext.multipliers", "what happens if the input grows: the
         "N = valid window keys + P, multiplier tau ln N")),
     Check("the same model at 512", 1, lambda fn: _mult_check(
         fn, 512, 4, 8, 3, 1 / 0.24, "a larger input adds pooled keys: P grows with the image, so ln N grows")),
-    Check("hidden sizes and tau", 1, _mult_hidden),
+    Check("hidden sizes, windows and tau", 1, _mult_hidden),
 ), off_limits=_TRANSNEXT))

@@ -358,12 +358,7 @@ def window_attention_backward_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
         raise ValueError("window_attention_backward: o and do must have the shape of q")
     if _use_triton(q):
         return list(window_attention_backward_triton(q, k, v, o, lse, do, valid, scale, mask_value)[:3])
-    acc = lse.dtype
-    qf, kf, vf, of, dof = (t.to(acc) for t in (q, k, v, o, do))
-    p = torch.exp(masked_scores(q, k, valid, scale, mask_value) - lse[..., None])
-    ds = p * (dof @ vf.transpose(-1, -2) - (dof * of).sum(-1, keepdim=True))
-    return [(scale * ds @ kf).to(q.dtype), (scale * ds.transpose(-1, -2) @ qf).to(k.dtype),
-            (p.transpose(-1, -2) @ dof).to(v.dtype)]
+    return list(_scores_backward_reference(q, k, v, o, lse, do, valid, scale, mask_value)[:3])
 
 
 @window_attention_backward_op.register_fake
@@ -397,20 +392,23 @@ def window_attention(q, k, v, valid, scale: float, mask_value: float = -100.0) -
 # ------------------------------------------------------------------------------ custom op, eq. (2.9)
 # Chapter 02's form: a learnable per-query scale lam (G, L) and an optional additive bias
 # (n_B, L, L).  Masked keys use -inf (the scores then need no mask value).
-def _scores_backward_reference(q, k, v, o, lse, do, valid, scale, bias):
-    """eq. (2.10) in torch: (dQ, dK, dV, d lam, dB)."""
+def _scores_backward_reference(q, k, v, o, lse, do, valid, scale, mask_value, bias=None):
+    """eqs. (1.16) and (2.10) in torch: (dQ, dK, dV, d lam, dB); d lam is None for a float scale,
+    dB None without a bias."""
     acc = lse.dtype
     qf, kf, vf, of, dof = (t.to(acc) for t in (q, k, v, o, do))
     c = qf @ kf.transpose(-1, -2)
-    p = torch.exp(masked_scores(q, k, valid, scale, float("-inf"), bias) - lse[..., None])
+    p = torch.exp(masked_scores(q, k, valid, scale, mask_value, bias) - lse[..., None])
     ds = p * (dof @ vf.transpose(-1, -2) - (dof * of).sum(-1, keepdim=True))
-    lam = scale.to(acc)[..., None]
+    tensor_scale = isinstance(scale, torch.Tensor)
+    lam = scale.to(acc)[..., None] if tensor_scale else scale
+    dlam = (ds * c).sum(-1).to(scale.dtype) if tensor_scale else None
     dbias = None
     if bias is not None:
         g, n = q.shape[:2]
         dbias = ds.view(g // bias.shape[0], bias.shape[0], n, n).sum(0).to(bias.dtype)
     return ((lam * ds) @ kf).to(q.dtype), ((lam * ds).transpose(-1, -2) @ qf).to(k.dtype), \
-        (p.transpose(-1, -2) @ dof).to(v.dtype), (ds * c).sum(-1).to(scale.dtype), dbias
+        (p.transpose(-1, -2) @ dof).to(v.dtype), dlam, dbias
 
 
 def _check_scaled(q, k, v, valid, scale, bias):
@@ -450,7 +448,7 @@ def scaled_window_attention_backward_op(q: torch.Tensor, k: torch.Tensor, v: tor
                                                need_dscale=True)
         dscale = out[3].to(scale.dtype)
     else:
-        out = _scores_backward_reference(q, k, v, o, lse, do, valid, scale, bias)
+        out = _scores_backward_reference(q, k, v, o, lse, do, valid, scale, float("-inf"), bias)
         dscale = out[3]
     return [out[0], out[1], out[2], dscale, q.new_empty(0) if bias is None else out[4]]
 

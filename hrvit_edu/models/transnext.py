@@ -91,7 +91,7 @@ class TableBias(nn.Module):
         nq, nk = train_query_hw[0] * train_query_hw[1], train_key_hw[0] * train_key_hw[1]
         self.table = nn.Parameter(nn.init.trunc_normal_(torch.empty(heads, nq, nk), std=0.02))
 
-    def forward(self, query_hw, key_hw, *_args, **_kw):
+    def forward(self, query_hw, key_hw):
         return resize_bias(self.table, self.train_query_hw, self.train_key_hw, query_hw, key_hw)
 
 

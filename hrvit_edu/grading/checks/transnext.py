@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ...kernels import HAS_TRITON, triton_usable
-from ...kernels.aggregated_attention import key_counts
+from ...kernels.aggregated_attention import key_counts, window_dots, window_validity
 from ..compare import assert_matches
 from ..core import Check, CheckFailed, Question, hidden_rng, register
 
@@ -167,15 +167,8 @@ def _kernel_ready():
 
 def window_logits_reference(qt, k, b_loc, h, w, ks):
     """(G, L, ks^2) float32: qt_i . k_{rho_z(i)} + b_z on the map, -inf off it."""
-    g, n, d = qt.shape
-    r = ks // 2
-    kp = F.pad(k.double().reshape(g, h, w, d), (0, 0, r, r, r, r))
-    out = torch.stack([(qt.double() * kp[:, a // ks:a // ks + h, a % ks:a % ks + w].reshape(g, n, d)).sum(-1)
-                       for a in range(ks * ks)], -1) + b_loc.double()
-    r_ = torch.arange(h).repeat_interleave(w)[:, None] + torch.arange(ks * ks)[None] // ks - r
-    c_ = torch.arange(w).repeat(h)[:, None] + torch.arange(ks * ks)[None] % ks - r
-    on = (r_ >= 0) & (r_ < h) & (c_ >= 0) & (c_ < w)
-    return out.masked_fill(~on, float("-inf")).float()
+    out = window_dots(qt.double()[None], k.double()[None], (h, w), ks)[0] + b_loc.double()
+    return out.masked_fill(~window_validity(h, w, ks), float("-inf")).float()
 
 
 def _wl_inputs(g, h, w, d, ks, seed, dtype=torch.float32):
@@ -226,18 +219,12 @@ register(Question("transnext.window_logits_kernel", "the fused kernel's window l
 
 
 # ------------------------------------------------------------------------------ 6. what happens if
-def _valid_slots(side, k, pos):
-    return sum(1 for a in range(k) if 0 <= pos + a - k // 2 < side)
-
-
 def _mult_ref(img, patch, sr, k, tau):
+    """tau ln N_i at the corner, the middle of the top row and the centre of the stage-1 map."""
     side = img // patch
-    p = max(1, side // sr) ** 2
-    centre = side // 2
-    corner = _valid_slots(side, k, 0) ** 2
-    edge = _valid_slots(side, k, 0) * _valid_slots(side, k, centre)
-    interior = _valid_slots(side, k, centre) ** 2
-    return tuple(tau * math.log(n + p) for n in (corner, edge, interior))
+    n = key_counts(side, side, k, max(1, side // sr) ** 2)
+    mid = side // 2
+    return tuple(tau * math.log(float(n[i])) for i in (0, mid, mid * side + mid))
 
 
 def _mult_check(fn, img, patch, sr, k, tau, hint):

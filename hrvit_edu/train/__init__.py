@@ -9,12 +9,12 @@ from .budget import Budget, lr_factor
 from .checkpoint import load_checkpoint, model_fingerprint, save_checkpoint
 from .evaluate import boundary_accuracy, evaluate, predict
 from .history import History
-from .loop import StepBatchSampler, fit, segmentation_loss
+from .loop import StepBatchSampler, fit, segmentation_loss, training_loss
 from .metrics import SegMetrics, boundary_mask, confusion_matrix, metrics_from_confusion
 from .plots import prediction_gallery
 
 __all__ = ["DataBundle", "Budget", "History", "boundary_accuracy", "boundary_mask", "StepBatchSampler",
            "evaluate", "fit",
            "load_checkpoint", "lr_factor", "model_fingerprint", "predict", "prediction_gallery",
-           "save_checkpoint", "segmentation_loss", "SegMetrics", "confusion_matrix",
+           "save_checkpoint", "segmentation_loss", "training_loss", "SegMetrics", "confusion_matrix",
            "metrics_from_confusion"]

@@ -103,6 +103,31 @@ def _check_logits(model: nn.Module, logits, num_classes: int) -> None:
                          f"num_classes={num_classes})")
 
 
+def _aux_weights(model: nn.Module) -> tuple[float, ...]:
+    return tuple(getattr(model, "aux_loss_weights", ()))
+
+
+def _check_outputs(model: nn.Module, out, num_classes: int) -> None:
+    """Logits, or in training a tuple (logits, *aux_logits) with one weight per auxiliary output
+    in ``model.aux_loss_weights`` (e.g. RTFormer's auxiliary head, weight 0.4)."""
+    outs = out if isinstance(out, tuple) else (out,)
+    if len(outs) != 1 + len(_aux_weights(model)):
+        raise ValueError(f"{type(model).__name__} returned {len(outs)} outputs in training but names "
+                         f"{len(_aux_weights(model))} auxiliary loss weights (model.aux_loss_weights)")
+    for t in outs:
+        _check_logits(model, t, num_classes)
+
+
+def training_loss(model: nn.Module, out, target: torch.Tensor, ignore_index: int = IGNORE_INDEX):
+    """L = CE(logits) + sum_k w_k CE(aux_k): the main loss plus the model's weighted auxiliary losses."""
+    if not isinstance(out, tuple):
+        return segmentation_loss(out, target, ignore_index)
+    loss = segmentation_loss(out[0], target, ignore_index)
+    for w, aux in zip(_aux_weights(model), out[1:]):
+        loss = loss + w * segmentation_loss(aux, target, ignore_index)
+    return loss
+
+
 def _show_progress(progress: bool | None) -> bool:
     if progress is not None:
         return progress
@@ -179,10 +204,10 @@ def fit(model: nn.Module, data: DataBundle, budget: Budget, *, device=None,
     for x, y in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits = net(x)
+            out = net(x)
         if step == start:
-            _check_logits(model, logits, data.num_classes)
-        loss = segmentation_loss(logits, y, data.ignore_index)
+            _check_outputs(model, out, data.num_classes)
+        loss = training_loss(model, out, y, data.ignore_index)
         loss_v = loss.detach()
         if world > 1:
             dist.all_reduce(loss_v)

@@ -32,10 +32,11 @@ import nbformat
 
 API_MODULES = {
     "models": ["hrvit_edu.models.baseline", "hrvit_edu.models.hrvit", "hrvit_edu.models.segformer",
-               "hrvit_edu.models.cswin", "hrvit_edu.models.transnext",
+               "hrvit_edu.models.cswin", "hrvit_edu.models.transnext", "hrvit_edu.models.rtformer",
                "hrvit_edu.models.hire_mlp", "hrvit_edu.nn.layers", "hrvit_edu.nn.heads"],
     "kernels": ["hrvit_edu.kernels.softmax", "hrvit_edu.kernels.des", "hrvit_edu.kernels.window_attention",
-                "hrvit_edu.kernels.aggregated_attention", "hrvit_edu.kernels.hire",
+                "hrvit_edu.kernels.aggregated_attention", "hrvit_edu.kernels.external_attention",
+                "hrvit_edu.kernels.hire",
                 "hrvit_edu.kernels.testing"],
     "data": ["hrvit_edu.data.digitscenes", "hrvit_edu.data.datasets", "hrvit_edu.data.folder", "hrvit_edu.data.viz"],
     "train": ["hrvit_edu.train.budget", "hrvit_edu.train.loop", "hrvit_edu.train.evaluate", "hrvit_edu.train.metrics",

@@ -122,3 +122,32 @@ def window_logits_launcher(qt, k, b_loc, h, w, ks):
                                                           n, h, w, d, KS=ks, BM=16,
                                                           DP=max(16, triton.next_power_of_2(d)))
     return out
+
+
+@triton.jit
+def column_lse_kernel_no_max(X, K, OUT, N, C, M, BN: tl.constexpr, BM: tl.constexpr, BC: tl.constexpr):
+    """Sums exp(A) without a running max: right for small logits, inf once a logit passes ~88."""
+    b = tl.program_id(0)
+    m = tl.program_id(1) * BM + tl.arange(0, BM)
+    run_sum = tl.zeros((BM,), dtype=tl.float32)
+    for n0 in range(0, N, BN):
+        n = n0 + tl.arange(0, BN)
+        a = tl.zeros((BN, BM), dtype=tl.float32)
+        for c0 in range(0, C, BC):
+            c = c0 + tl.arange(0, BC)
+            xt = tl.load(X + b * C * N + c[None, :] * N + n[:, None], mask=(n[:, None] < N) & (c[None, :] < C),
+                         other=0.0).to(tl.float32)
+            kt = tl.load(K + m[None, :] * C + c[:, None], mask=(c[:, None] < C) & (m[None, :] < M),
+                         other=0.0).to(tl.float32)
+            a += tl.dot(xt, kt, input_precision="ieee")
+        run_sum += tl.sum(tl.where(n[:, None] < N, tl.exp(a), 0.0), axis=0)
+    tl.store(OUT + b * M + m, tl.log(run_sum), mask=m < M)
+
+
+def column_lse_launcher(x, k):
+    b, c, n = x.shape
+    m = k.shape[0]
+    out = torch.empty(b, m, dtype=torch.float32)
+    column_lse_kernel_no_max[(b, triton.cdiv(m, 16))](x.contiguous(), k.contiguous(), out, n, c, m, BN=16, BM=16,
+                                                      BC=16)
+    return out

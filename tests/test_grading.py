@@ -45,7 +45,7 @@ def test_stubs_score_zero_without_raising(master):
     assert seconds < 300
 
 
-@pytest.mark.parametrize("chapter, minimum", [("preface", 3), ("hrvit", 4)])
+@pytest.mark.parametrize("chapter, minimum", [("preface", 3), ("hrvit", 4), ("rtformer", 5)])
 def test_every_question_has_checks_worth_points(chapter, minimum):
     qs = questions(chapter)
     assert len(qs) >= minimum
@@ -122,6 +122,8 @@ def _sgrad_last_axis(y, dy, dim=-1):
 # Kernel questions: the wrong answers are real Triton kernels with one bug each, in
 # grading_kernels.py (a torch-only answer is refused outright, see test_grading_integrity.py).
 from grading_kernels import (  # noqa: E402
+    column_lse_kernel_no_max,
+    column_lse_launcher,
     gather_kernel_no_wrap,
     gather_launcher,
     l2_kernel_l1,
@@ -267,7 +269,52 @@ def _conv_weight_transposed(w1, c, p, axis):     # reads W1 as (O, p, C): the wr
     return k[:, :, :, None] if axis == "h" else k[:, :, None, :]
 
 
+def _dn_over_slots(a, groups, eps=1e-6):          # the self-attention habit: softmax over the slots
+    b, m, n = a.shape
+    s = a.softmax(dim=1).reshape(b, groups, m // groups, n)
+    return (s / (s.sum(dim=2, keepdim=True) + eps)).reshape(b, m, n)
+
+
+def _dn_no_eps(a, groups, eps=1e-6):              # drops the epsilon
+    b, m, n = a.shape
+    s = a.softmax(dim=-1).reshape(b, groups, m // groups, n)
+    return (s / s.sum(dim=2, keepdim=True)).reshape(b, m, n)
+
+
+def _dn_ignores_groups(a, groups, eps=1e-6):      # one L1 over all M slots
+    s = a.softmax(dim=-1)
+    return s / (s.sum(dim=1, keepdim=True) + eps)
+
+
+def _kv_avg_pool(x_l, mean, var, gamma, beta, w_kv, s):
+    xn = F.batch_norm(x_l, mean, var, gamma, beta, False, 0.0, 1e-5)
+    kv = torch.einsum("oc,bcj->boj", w_kv, F.adaptive_avg_pool2d(xn, s).flatten(2))
+    return kv[:, :w_kv.shape[0] // 2], kv[:, w_kv.shape[0] // 2:]
+
+
+def _kv_swapped(x_l, mean, var, gamma, beta, w_kv, s):
+    xn = F.batch_norm(x_l, mean, var, gamma, beta, False, 0.0, 1e-5)
+    kv = torch.einsum("oc,bcj->boj", w_kv, F.adaptive_max_pool2d(xn, s).flatten(2))
+    return kv[:, w_kv.shape[0] // 2:], kv[:, :w_kv.shape[0] // 2]
+
+
+def _mh_dense(k_head, v_head, heads, c_in, c_out):  # every group reads every channel slice
+    return k_head.repeat(heads, heads), v_head.repeat(heads, heads)
+
+
+def _keys_min(h, w, s):                           # assumes a pixel per bin when s > n
+    return min(h, s) * min(w, s)
+
+
 WRONG = [
+    ("rtformer.double_norm", _dn_over_slots, "softmax over the N positions"),
+    ("rtformer.double_norm", _dn_no_eps, "group sum + eps"),
+    ("rtformer.double_norm", _dn_ignores_groups, "M/G consecutive slots"),
+    ("rtformer.cross_kv", _kv_avg_pool, "*max*"),
+    ("rtformer.cross_kv", _kv_swapped, "first C_h output channels are K_c"),
+    ("rtformer.mhea_as_gfa", _mh_dense, "group h of GFA = head h"),
+    ("rtformer.column_lse_kernel", (column_lse_launcher, column_lse_kernel_no_max), "exp of a large number"),
+    ("rtformer.distinct_keys", _keys_min, "not min(n, s)"),
     ("hrvit.kron_fold", _kron_no_transpose, "A X B^T"),
     ("hrvit.kron_fold", _kron_no_batch, "batched tokens: your code raised RuntimeError"),
     ("hrvit.kron_fold", _kron_einsum_materialised, "it was formed"),

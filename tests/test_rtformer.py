@@ -144,3 +144,9 @@ def test_bad_input_raises_clear_errors():
         hrvit_edu.create_model("rtformer_textbook", stem_stride=8)
     with pytest.raises(ValueError, match="ExternalAttention"):
         R.ExternalAttention(8, 8, 16)(torch.randn(1, 4, 4, 4))
+
+
+def test_control_arm_without_low_branch_attention():
+    m = hrvit_edu.create_model("rtformer_textbook", attention="none").eval()
+    assert m.layer4.attn_l is None and m.layer5.attn_l is None
+    assert m(torch.randn(1, 1, 64, 64)).shape == (1, 11, 64, 64)

@@ -1,12 +1,12 @@
 """Run a chapter's single-change ablations (every arm x 3 seeds, plus chapter 01's one-seed
 learning-rate sweep: the model module's ``ablation_sweep``) and store the results.
 
-    .venv/bin/python tools/run_ablations.py [--chapter 01_hrvit|02_transnext|04_hiremlp] [--profile book]
+    .venv/bin/python tools/run_ablations.py [--chapter 01_hrvit|02_transnext|03_rtformer|04_hiremlp] [--profile book]
 
 Writes ``chapters/results/<chapter>_ablations_<profile>.json`` after every run (an interrupted
 sweep resumes).  The chapter loads the file, checks every run key against the current code and
 re-trains one run live to confirm it.  Book profile on 2 CPU cores: about 45 minutes for
-chapter 01, 30 for chapter 02, 20 for chapter 04.
+chapter 01, 30 for chapter 02, 30 for chapter 03, 20 for chapter 04.
 """
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ from hrvit_edu.train.ablation import run_ablation
 
 ROOT = Path(__file__).resolve().parents[1]
 # chapter -> model module (and <module>_textbook)
-CHAPTERS = {"01_hrvit": "hrvit", "02_transnext": "transnext", "04_hiremlp": "hire_mlp"}
+CHAPTERS = {"01_hrvit": "hrvit", "02_transnext": "transnext", "03_rtformer": "rtformer",
+            "04_hiremlp": "hire_mlp"}
 
 
 def main(argv=None) -> int:

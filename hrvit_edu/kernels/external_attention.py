@@ -17,9 +17,12 @@ no row n of Ah can be formed before L[m] has seen every position.  Hence two pas
   positions for one group of units and keeps an online max and sum of exponentials per unit
   (the flash-attention recurrence, run down the columns); the SPLIT partial results are merged
   with one logsumexp in torch (B x SPLIT x M numbers);
-* pass 2 (``_gfa_fwd``): grid (B, N-tiles, O-tiles).  Each program recomputes its logits tile
-  group by group, normalises it with L and the group sum (both now known) and accumulates
-  Ah_g^T V_g^T into its output tile.  The logits are recomputed, never stored.
+* pass 2 (``_gfa_fwd``): grid (B, N-tiles).  For its tile of positions a program forms each
+  group's normalised tile Ah_g once (the logits recomputed from X and K, normalised with L and the
+  group sum, both now known) and multiplies it into *every* output tile, Y += Ah_g^T V_g^T.  Y is
+  an fp32 buffer accumulated in memory across the groups (only this program touches these rows,
+  so no atomics); giving each program one output tile instead would recompute the logits once
+  per output tile (chapter 03's roofline prices both).
 
 Backward, with dY (O, N) (the reverse of (3.4)-(3.1)):
 
@@ -151,20 +154,22 @@ if HAS_TRITON:
     @triton.jit
     def _gfa_fwd(X, K, V, LSE, Y, N, C, M, MG, O, G, eps, sxb, sxc, sxn, syb, syo, syn,
                  BN: tl.constexpr, BC: tl.constexpr, BG: tl.constexpr, BO: tl.constexpr, ACC: tl.constexpr):
-        """Pass 2: Y tile (BN positions x BO outputs) = sum over groups of Ah_g^T V_g^T."""
+        """Pass 2: for BN positions, Y += Ah_g^T V_g^T group by group (Y zeroed, fp32/fp64)."""
         b = tl.program_id(0)
         n = tl.program_id(1) * BN + tl.arange(0, BN)
-        o = tl.program_id(2) * BO + tl.arange(0, BO)
         j = tl.arange(0, BG)
-        acc = tl.zeros((BN, BO), dtype=ACC)
         for g in range(0, G):
             m, m_ok = g * MG + j, j < MG
             _, _, ah = _normalised_tile(X, K, LSE, b, n, m, N, C, M, sxb, sxc, sxn, m_ok, eps, BN, BC, BG, ACC)
-            vt = tl.load(V + o[None, :] * M + m[:, None], mask=m_ok[:, None] & (o[None, :] < O),
-                         other=0.0).to(ACC)                                              # (BG, BO)
-            acc += tl.dot(ah, vt, input_precision="ieee")
-        tl.store(Y + b * syb + o[None, :] * syo + n[:, None] * syn, acc.to(Y.dtype.element_ty),
-                 mask=(n[:, None] < N) & (o[None, :] < O))
+            for o0 in range(0, O, BO):
+                o = o0 + tl.arange(0, BO)
+                vt = tl.load(V + o[None, :] * M + m[:, None], mask=m_ok[:, None] & (o[None, :] < O),
+                             other=0.0).to(ACC)                                          # (BG, BO)
+                ptr = Y + b * syb + o[None, :] * syo + n[:, None] * syn
+                ok = (n[:, None] < N) & (o[None, :] < O)
+                acc = tl.load(ptr, mask=ok, other=0.0) + tl.dot(ah, vt, input_precision="ieee")
+                tl.store(ptr, acc, mask=ok)
+            tl.debug_barrier()          # this group's stores land before the next group reads them
 
     @triton.jit
     def _dah_tile(DY, V, b, n, m, N, O, M, sdb, sdo, sdn, m_ok, BN: tl.constexpr, BG: tl.constexpr,
@@ -259,16 +264,16 @@ def column_logsumexp_triton(x, k, groups):
 
 
 def external_attention_triton(x, k, v, groups=1, eps=EPS):
-    """Eqs. (3.1)-(3.4) in two launches; returns (Y, L) with L the column log-sum-exp (B, M)."""
+    """Eqs. (3.1)-(3.4) in two launches (plus zeroing Y); returns (Y, L), L the column log-sum-exp (B, M)."""
     _check(x, k, v, groups)
     b, c, n = x.shape
     m, o = k.shape[0], v.shape[0]
     lse = column_logsumexp_triton(x, k, groups)
-    y = torch.empty(b, o, n, device=x.device, dtype=x.dtype)
-    _gfa_fwd[(b, triton.cdiv(n, BN), triton.cdiv(o, BO))](
+    y = torch.zeros(b, o, n, device=x.device, dtype=_work(x))          # accumulated across groups
+    _gfa_fwd[(b, triton.cdiv(n, BN))](
         x, k.contiguous(), v.contiguous(), lse, y, n, c, m, m // groups, o, groups, eps, *x.stride(),
         *y.stride(), BN=BN, BC=BC, BG=_block_g(m // groups), BO=BO, ACC=_acc(x))
-    return y, lse
+    return y.to(x.dtype), lse
 
 
 def external_attention_backward_triton(x, k, v, lse, dy, groups=1, eps=EPS):

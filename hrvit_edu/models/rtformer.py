@@ -53,7 +53,7 @@ from ..nn.checks import check_images, check_model_args
 from ..registry import register_variants
 
 NORMALISATIONS = ("gdn", "softmax")
-ATTENTIONS = ("gfa", "mhea")
+ATTENTIONS = ("gfa", "mhea", "none")
 CA_SCALES = ("code", "paper")
 # Paddle's BatchNorm updates running <- momentum * running + (1 - momentum) * batch; PyTorch's
 # running <- (1 - momentum) * running + momentum * batch.  The official momentum=0.1 in Paddle is
@@ -268,8 +268,10 @@ class RTFormerBlock(nn.Module):
             _kaiming(self.shortcut_l)
         if attention == "gfa":
             self.attn_l = ExternalAttention(c_l_in, c_l_out, c_l_out, groups, normalization, mom, use_kernel)
-        else:
+        elif attention == "mhea":
             self.attn_l = MultiHeadExternalAttention(c_l_in, c_l_out, c_l_out, groups, mom)
+        else:                                   # ablation: the low branch without attention
+            self.attn_l = None
         self.ffn_l = FFN(c_l_out, drop, mom)
         self.compression = _bn_relu_conv(c_l_out, c_h, 1, momentum=mom)
         self.attn_h = CrossResolutionAttention(c_h, c_l_out, cross_size, ca_scale, mom)
@@ -286,7 +288,7 @@ class RTFormerBlock(nn.Module):
     def forward(self, x_h: torch.Tensor, x_l: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         dp = self.drop_path
         res = x_l if self.shortcut_l is None else self.shortcut_l(x_l)
-        x_l = res + dp(self.attn_l(x_l))
+        x_l = res if self.attn_l is None else res + dp(self.attn_l(x_l))
         x_l = x_l + dp(self.ffn_l(x_l))
         x_h = x_h + _up(self.compression(x_l), x_h.shape[-2:])
         x_h = x_h + dp(self.attn_h(x_h, x_l))
@@ -360,7 +362,7 @@ class RTFormerConfig:
     stem_stride: int = 4                    # 4 official (two conv3x3 s2); 2: textbook (second conv s1)
     aux: bool = False                       # auxiliary head on x3_ (training only; weight aux_weight)
     aux_weight: float = 0.4
-    attention: str = "gfa"                  # "gfa" | "mhea" (low branch)
+    attention: str = "gfa"                  # "gfa" | "mhea" | "none" (low branch; "none" is an ablation)
     normalization: str = "gdn"              # "gdn" | "softmax" (GFA normalisation)
     ca_scale: str = "code"                  # "code": 1/s | "paper": 1/sqrt(C_h)
     bn_momentum: float = 0.1                # PyTorch convention; the official Paddle 0.1 is 0.9 here
@@ -449,6 +451,33 @@ VARIANTS = {
     "textbook": RTFormerConfig(base_channels=16, head_channels=32, spp_channels=32, cross_size=4,
                                use_injection=(True, True), drop_path=0.1, stem_stride=2, aux=True),
 }
+# Single-change ablations of the textbook variant (chapter 03, "claims re-tested"): arm -> overrides.
+ABLATIONS = {
+    "reference": {},
+    "single softmax over M (code's _act_sn)": {"normalization": "softmax"},
+    "double norm without groups (G = 1)": {"groups": 1},
+    "multi-head EA (8 heads)": {"attention": "mhea"},
+    "no low-branch attention (control)": {"attention": "none"},
+    "CA scale 1/sqrt(C_h) (paper?)": {"ca_scale": "paper"},
+    "BN momentum as Paddle's 0.1 (torch 0.9)": {"bn_momentum": PADDLE_BN_MOMENTUM_0_1},
+    "stem to stride 4": {"stem_stride": 4},
+}
+ABLATION_SEEDS = (0, 1, 2)
+
+
+def ablation_budget(budget):
+    """Chapter 03 ablates at the *full* main budget (final evaluation only): the textbook RTFormer
+    trains in under 90 s there, so 3 seeds per arm cost little and no arm is judged half-trained."""
+    return budget.replace(eval_every=0)
+
+
+def ablation_sweep() -> list[tuple[list, list[int]]]:
+    """Chapter 03's sweep as (arms, seeds) groups: every ``ABLATIONS`` arm with each seed."""
+    from ..train.ablation import sweep_groups  # the training package is needed only here, not at import
+
+    return sweep_groups(ABLATIONS, ABLATION_SEEDS)
+
+
 # The paper's Table 6/7 counts were not available to us; the spec's analytic count of the
 # official configs (19 classes, inference form) is what the tests and chapter 03 check.
 PUBLISHED_PARAMS = {"slim": 5.37e6, "base": 17.77e6}

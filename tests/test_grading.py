@@ -286,20 +286,36 @@ def _dn_ignores_groups(a, groups, eps=1e-6):      # one L1 over all M slots
     return s / (s.sum(dim=1, keepdim=True) + eps)
 
 
+def _pool_bins(xn, s, reduce):                   # adaptive bins by hand (torch's pools are forbidden)
+    h, w = xn.shape[-2:]
+    return torch.stack([reduce(xn[:, :, i * h // s:-(-(i + 1) * h // s), j * w // s:-(-(j + 1) * w // s)])
+                        for i in range(s) for j in range(s)], dim=-1)
+
+
 def _kv_avg_pool(x_l, mean, var, gamma, beta, w_kv, s):
     xn = F.batch_norm(x_l, mean, var, gamma, beta, False, 0.0, 1e-5)
-    kv = torch.einsum("oc,bcj->boj", w_kv, F.adaptive_avg_pool2d(xn, s).flatten(2))
+    kv = torch.einsum("oc,bcj->boj", w_kv, _pool_bins(xn, s, lambda t: t.mean(dim=(2, 3))))
     return kv[:, :w_kv.shape[0] // 2], kv[:, w_kv.shape[0] // 2:]
 
 
 def _kv_swapped(x_l, mean, var, gamma, beta, w_kv, s):
     xn = F.batch_norm(x_l, mean, var, gamma, beta, False, 0.0, 1e-5)
-    kv = torch.einsum("oc,bcj->boj", w_kv, F.adaptive_max_pool2d(xn, s).flatten(2))
+    kv = torch.einsum("oc,bcj->boj", w_kv, _pool_bins(xn, s, lambda t: t.amax(dim=(2, 3))))
     return kv[:, w_kv.shape[0] // 2:], kv[:, :w_kv.shape[0] // 2]
 
 
 def _mh_dense(k_head, v_head, heads, c_in, c_out):  # every group reads every channel slice
     return k_head.repeat(heads, heads), v_head.repeat(heads, heads)
+
+
+def _mh_contiguous(k_head, v_head, heads, c_in, c_out):  # the chapter's contiguous heads, not interleaved
+    return torch.block_diag(*[k_head] * heads), torch.block_diag(*[v_head] * heads)
+
+
+def _kv_adaptive(x_l, mean, var, gamma, beta, w_kv, s):  # torch's adaptive pool: forbidden here
+    xn = F.batch_norm(x_l, mean, var, gamma, beta, False, 0.0, 1e-5)
+    kv = torch.einsum("oc,bcj->boj", w_kv, F.adaptive_max_pool2d(xn, s).flatten(2))
+    return kv[:, :w_kv.shape[0] // 2], kv[:, w_kv.shape[0] // 2:]
 
 
 def _keys_min(h, w, s):                           # assumes a pixel per bin when s > n
@@ -313,6 +329,8 @@ WRONG = [
     ("rtformer.cross_kv", _kv_avg_pool, "*max*"),
     ("rtformer.cross_kv", _kv_swapped, "first C_h output channels are K_c"),
     ("rtformer.mhea_as_gfa", _mh_dense, "group h of GFA = head h"),
+    ("rtformer.mhea_as_gfa", _mh_contiguous, "interleaved"),
+    ("rtformer.cross_kv", _kv_adaptive, "forbids"),
     ("rtformer.column_lse_kernel", (column_lse_launcher, column_lse_kernel_no_max), "exp of a large number"),
     ("rtformer.distinct_keys", _keys_min, "not min(n, s)"),
     ("hrvit.kron_fold", _kron_no_transpose, "A X B^T"),

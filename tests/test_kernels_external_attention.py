@@ -163,3 +163,13 @@ def test_random_shapes_agree_with_the_reference(c, n, mg, g, o, scale):
     for a, b in zip(E.external_attention_backward_triton(x, k, v, lse, dy, g),
                     E.external_attention_backward_reference(x, k, v, dy, g)):
         torch.testing.assert_close(a, b)
+
+
+@needs_triton
+def test_groups_wider_than_one_register_tile_use_the_reference(monkeypatch):
+    """M/G = 200 would be a 256-wide register tile: the op runs the reference instead."""
+    calls = []
+    monkeypatch.setattr(E, "external_attention_triton", lambda *a: calls.append(1))
+    x, k, v = _inputs(4, 200, 3)(5, torch.float32, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(E.external_attention(x, k, v, 1), E.external_attention_reference(x, k, v, 1))
+    assert not calls

@@ -27,10 +27,10 @@ no row n of Ah can be formed before L[m] has seen every position.  Hence two pas
 Backward, with dY (O, N) (the reverse of (3.4)-(3.1)):
 
     dAh[m, n] = sum_o V[o, m] dY[o, n]
-    dS[m, n]  = (dAh[m, n] - sum_{m' in g(m)} dAh[m', n] Ah[m', n]) / (R[g(m), n] + eps)     (3.5)
+    dS[m, n]  = (dAh[m, n] - sum_{m' in g(m)} dAh[m', n] Ah[m', n]) / (R[g(m), n] + eps)     (3.9)
     D[m]      = sum_n dS[m, n] S[m, n]                                  a column reduction
     dA[m, n]  = S[m, n] (dS[m, n] - D[m])
-    dX = K^T dA,   dK = dA X^T,   dV = dY Ah^T
+    dX = K^T dA,   dK = sum_b dA X^T,   dV = sum_b dY Ah^T      (K and V are shared by the batch)
 
 D is the backward's column statistic: again every position must be seen before dA exists, so
 again two passes (``_gfa_bwd_colstats`` then ``_gfa_bwd_scores``).  The second writes dA and Ah
@@ -84,7 +84,7 @@ def external_attention_reference(x: torch.Tensor, k: torch.Tensor, v: torch.Tens
 
 
 def external_attention_backward_reference(x, k, v, dy, groups: int = 1, eps: float = EPS):
-    """Eq. (3.5) and the three gradient GEMMs, in torch: (dx, dk, dv)."""
+    """Eq. (3.9) and the three gradient GEMMs, in torch: (dx, dk, dv)."""
     work = torch.promote_types(x.dtype, torch.float32)
     xw, kw, vw, dyw = (t.to(work) for t in (x, k, v, dy))
     b, m, n = x.shape[0], k.shape[0], x.shape[2]
@@ -188,7 +188,7 @@ if HAS_TRITON:
     @triton.jit
     def _ds_tile(X, K, V, LSE, DY, b, n, m, N, C, M, O, sxb, sxc, sxn, sdb, sdo, sdn, m_ok, eps,
                  BN: tl.constexpr, BC: tl.constexpr, BG: tl.constexpr, BO: tl.constexpr, ACC: tl.constexpr):
-        """(S, Ah, dS) of eq. (3.5) for one tile of positions and one group of units."""
+        """(S, Ah, dS) of eq. (3.9) for one tile of positions and one group of units."""
         s, r, ah = _normalised_tile(X, K, LSE, b, n, m, N, C, M, sxb, sxc, sxn, m_ok, eps, BN, BC, BG, ACC)
         dah = _dah_tile(DY, V, b, n, m, N, O, M, sdb, sdo, sdn, m_ok, BN, BG, BO, ACC)
         ds = (dah - tl.sum(dah * ah, axis=1)[:, None]) / r[:, None]
@@ -231,6 +231,7 @@ if HAS_TRITON:
 
 BN, BC, BO = 32, 32, 32
 CHUNK_TILES = 8          # pass 1: positions per program = CHUNK_TILES * BN, merged by logsumexp
+MAX_BLOCK_G = 128        # a group of units is one register tile: larger groups use the reference
 
 
 def _acc(t):
@@ -277,7 +278,7 @@ def external_attention_triton(x, k, v, groups=1, eps=EPS):
 
 
 def external_attention_backward_triton(x, k, v, lse, dy, groups=1, eps=EPS):
-    """Eq. (3.5) in two launches (D, then dA and Ah), then three GEMMs: (dx, dk, dv)."""
+    """Eq. (3.9) in two launches (D, then dA and Ah), then three GEMMs: (dx, dk, dv)."""
     b, c, n = x.shape
     m, o = k.shape[0], v.shape[0]
     kc, vc = k.contiguous(), v.contiguous()
@@ -301,14 +302,18 @@ def external_attention_backward_triton(x, k, v, lse, dy, groups=1, eps=EPS):
 
 
 # ------------------------------------------------------------------------------ custom op
-def _kernel_ok(*tensors):
-    return triton_usable(*tensors) and (tensors[0].is_cuda or tensors[0].dtype != torch.bfloat16)
+def _kernel_ok(x, k, v, groups):
+    """The kernel runs when Triton is usable, bf16 is not asked of the interpreter, and a group of
+    slots fits one register tile (M/G <= 128: the official G = 8 up to M = 1024); else the reference."""
+    return (triton_usable(x, k, v) and (x.is_cuda or x.dtype != torch.bfloat16)
+            and isinstance(groups, int) and groups > 0 and k.shape[0] % groups == 0
+            and _block_g(k.shape[0] // groups) <= MAX_BLOCK_G)
 
 
 @torch.library.custom_op("hrvit_edu::external_attention_fwd", mutates_args=())
 def _external_attention_fwd(x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, groups: int,
                             eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    if _kernel_ok(x, k, v):
+    if _kernel_ok(x, k, v, groups):
         return external_attention_triton(x, k, v, groups, eps)
     _check(x, k, v, groups)
     a = torch.einsum("mc,bcn->bmn", k.to(_work(x)), x.to(_work(x)))
@@ -324,8 +329,8 @@ def _(x, k, v, groups, eps):
 @torch.library.custom_op("hrvit_edu::external_attention_backward", mutates_args=())
 def external_attention_backward(x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lse: torch.Tensor,
                                 dy: torch.Tensor, groups: int, eps: float) -> list[torch.Tensor]:
-    """(dx, dk, dv) of eqs. (3.1)-(3.4): the two-pass Triton backward when usable, else eq. (3.5) in torch."""
-    if _kernel_ok(x, k, v):
+    """(dx, dk, dv) of eqs. (3.1)-(3.4): the two-pass Triton backward when usable, else eq. (3.9) in torch."""
+    if _kernel_ok(x, k, v, groups):
         return list(external_attention_backward_triton(x, k, v, lse, dy.contiguous(), groups, eps))
     return [t.contiguous() for t in external_attention_backward_reference(x, k, v, dy, groups, eps)]
 

@@ -96,8 +96,9 @@ class ExternalAttention(nn.Module):
     """GPU-friendly attention, eqs. (3.1)-(3.4): X (B, C_in, H, W) -> (B, C_out, H', W').
 
     M memory units in G groups; stride 2 (queries every other pixel) when C_in != C_out.
-    ``normalization="gdn"`` (official); ``"softmax"``: the official single-softmax path
-    (softmax over the M units of A / sqrt(M), per position) -- the comparator of claim (b).
+    ``normalization="gdn"`` (official); ``"softmax"``: the book's comparator for claim (b), the
+    self-attention habit -- one softmax over the M units of A / sqrt(M), per position (the form the
+    official code applies to its *cross* keys, ``_act_sn``, never to learned memories).
     """
 
     def __init__(self, c_in: int, c_out: int, m: int, groups: int = 8, normalization: str = "gdn",
@@ -454,7 +455,7 @@ VARIANTS = {
 # Single-change ablations of the textbook variant (chapter 03, "claims re-tested"): arm -> overrides.
 ABLATIONS = {
     "reference": {},
-    "single softmax over M (code's _act_sn)": {"normalization": "softmax"},
+    "single softmax over M (book's comparator)": {"normalization": "softmax"},
     "double norm without groups (G = 1)": {"groups": 1},
     "multi-head EA (8 heads)": {"attention": "mhea"},
     "no low-branch attention (control)": {"attention": "none"},

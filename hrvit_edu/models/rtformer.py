@@ -47,7 +47,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..kernels import prefer_kernel
-from ..kernels.external_attention import EPS, external_attention, grouped_double_norm
+from ..kernels.external_attention import EPS, external_attention, external_attention_reference
 from ..nn import DropPath
 from ..nn.checks import check_images, check_model_args
 from ..registry import register_variants
@@ -134,8 +134,7 @@ class ExternalAttention(nn.Module):
         elif self.use_kernel if self.use_kernel is not None else prefer_kernel(x):
             y = external_attention(q.contiguous(), self.k, self.v, self.groups, EPS)
         else:
-            a = torch.einsum("mc,bcn->bmn", self.k, q)
-            y = torch.einsum("om,bmn->bon", self.v, grouped_double_norm(a, self.groups, EPS))
+            y = external_attention_reference(q, self.k, self.v, self.groups, EPS)
         return y.reshape(b, self.c_out, h, w)
 
 
@@ -164,9 +163,7 @@ class MultiHeadExternalAttention(nn.Module):
             x = x[..., ::2, ::2]
         b, _, h, w = x.shape
         q = x.reshape(b * self.heads, self.c_in // self.heads, h * w)
-        a = torch.einsum("mc,bcn->bmn", self.k, q)
-        y = torch.einsum("om,bmn->bon", self.v, grouped_double_norm(a, 1, EPS))
-        return y.reshape(b, self.c_out, h, w)
+        return external_attention_reference(q, self.k, self.v, 1, EPS).reshape(b, self.c_out, h, w)
 
 
 class CrossResolutionAttention(nn.Module):

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from ...kernels import HAS_TRITON, triton_usable
+from ...kernels.external_attention import external_attention_reference, grouped_double_norm
 from ..compare import assert_matches
 from ..core import Check, CheckFailed, Question, hidden_rng, register
 
@@ -26,17 +27,11 @@ def _gen(seed):
 
 
 # ------------------------------------------------------------------------------ 1. double norm
-def double_norm_reference(a, groups, eps=EPS):
-    b, m, n = a.shape
-    s = a.softmax(dim=-1).view(b, groups, m // groups, n)
-    return (s / (s.sum(dim=2, keepdim=True) + eps)).view(b, m, n)
-
-
 def _dn_check(fn, b, m, n, groups, seed, hint, starve=False):
     a = torch.randn(b, m, n, generator=_gen(seed), dtype=torch.float64) * 3
     if starve:          # position 0 is nobody's favourite in group 0: its group sum is ~1e-18
         a[:, : m // groups, 0] = -40.0
-    assert_matches(fn(a.clone(), groups), double_norm_reference(a, groups), atol=1e-9, rtol=1e-7,
+    assert_matches(fn(a.clone(), groups), grouped_double_norm(a, groups, EPS), atol=1e-9, rtol=1e-7,
                    what=f"GDN of logits (B={b}, M={m}, N={n}) with G={groups}", hint=hint)
 
 
@@ -110,12 +105,8 @@ def mhea_reference(x, k_head, v_head, heads):
     output channels h, h + H, ...; all heads share K' (M, C_in/H) and V' (C_out/H, M)."""
     b, c_in, n = x.shape
     q = x.reshape(b, c_in // heads, heads, n).transpose(1, 2).reshape(b * heads, c_in // heads, n)
-    out = torch.einsum("om,bmn->bon", v_head, double_norm_reference(torch.einsum("mc,bcn->bmn", k_head, q), 1))
+    out = torch.einsum("om,bmn->bon", v_head, grouped_double_norm(torch.einsum("mc,bcn->bmn", k_head, q), 1, EPS))
     return out.reshape(b, heads, -1, n).transpose(1, 2).reshape(b, -1, n)
-
-
-def gfa_reference(x, k, v, groups):
-    return torch.einsum("om,bmn->bon", v, double_norm_reference(torch.einsum("mc,bcn->bmn", k, x), groups))
 
 
 def _mh_check(fn, heads, c_in, c_out, m, seed, hint):
@@ -130,7 +121,8 @@ def _mh_check(fn, heads, c_in, c_out, m, seed, hint):
         raise CheckFailed(f"K must be (H M, C_in) = {(heads * m, c_in)} and V (C_out, H M) = {(c_out, heads * m)}; "
                           f"got {tuple(k.shape)} and {tuple(v.shape)}")
     x = torch.randn(2, c_in, 9, generator=g, dtype=torch.float64)
-    assert_matches(gfa_reference(x, k.to(x.dtype), v.to(x.dtype), heads), mhea_reference(x, k_head, v_head, heads),
+    got_y = external_attention_reference(x, k.to(x.dtype), v.to(x.dtype), heads)
+    assert_matches(got_y, mhea_reference(x, k_head, v_head, heads),
                    atol=1e-9, rtol=1e-7, what=f"GFA(your K, V, G={heads}) vs multi-head EA (H={heads}, M={m}, "
                    f"C_in={c_in}, C_out={c_out})", hint=hint)
 

@@ -124,14 +124,16 @@ def _sgrad_last_axis(y, dy, dim=-1):
 from grading_kernels import (  # noqa: E402
     column_lse_kernel_no_max,
     column_lse_launcher,
-    gather_kernel_no_wrap,
-    gather_launcher,
     l2_kernel_l1,
     l2_kernel_no_eps,
     l2_kernel_ok,
     l2_launcher,
     right_kernel_no_bias,
     right_launcher,
+    scatter_kernel_atomic,
+    scatter_kernel_first_copy,
+    scatter_kernel_fp16_acc,
+    scatter_launcher,
     window_logits_kernel_clamped,
     window_logits_launcher,
 )
@@ -231,18 +233,23 @@ def _fuse_relu(hi, lo, p):
     return [torch.relu(hi + up), torch.relu(down + lo)]
 
 
-def _part_no_shift(x, p, s):                      # ignores the cross-region shift
-    b, c, h, w = x.shape
-    hp = -(-h // p) * p
-    return x[:, :, torch.arange(hp) % h].reshape(b, c, hp // p, p, w).transpose(2, 3).reshape(b, c * p, hp // p, w)
+def _offsets(size, stride, offset, p, s, shift=True, strides=True):
+    b, c, h, w = size
+    if not strides:                               # the strides of a contiguous tensor, no offset
+        stride, offset = (c * h * w, h * w, w, 1), 0
+    rows = (torch.arange(-(-h // p) * p) - (s if shift else 0)) % h
+    sb, sc, sh, sw = stride
+    x = (offset + torch.arange(b)[:, None, None, None] * sb + torch.arange(c)[None, :, None, None] * sc
+         + rows[None, None, :, None] * sh + torch.arange(w)[None, None, None, :] * sw)
+    return x.reshape(b, c, -1, p, w).transpose(2, 3).reshape(b, c * p, -1, w)
 
 
-def _part_zero_pad(x, p, s):                     # zero padding instead of circular
-    b, c, h, w = x.shape
-    hp = -(-h // p) * p
-    xs = x[:, :, (torch.arange(h) - s) % h]
-    xs = F.pad(xs, (0, 0, 0, hp - h))
-    return xs.reshape(b, c, hp // p, p, w).transpose(2, 3).reshape(b, c * p, hp // p, w)
+def _part_no_shift(size, stride, offset, p, s):   # ignores the cross-region shift
+    return _offsets(size, stride, offset, p, s, shift=False)
+
+
+def _part_contiguous(size, stride, offset, p, s):  # assumes a contiguous tensor
+    return _offsets(size, stride, offset, p, s, strides=False)
 
 
 def _restore_no_crop(z, p, h, s):                # keeps the padded rows
@@ -264,9 +271,23 @@ def _reach_keeps_padded_copies(h, p, shifts):   # joins a region through a padde
     return sorted(reach)
 
 
-def _conv_weight_transposed(w1, c, p, axis):     # reads W1 as (O, p, C): the wrong channel order
-    k = w1.reshape(w1.shape[0], p, c).transpose(1, 2)
+def _rc_kernel(w2, c, p, axis):
+    k = w2.T.reshape(w2.shape[1], c, p)
     return k[:, :, :, None] if axis == "h" else k[:, :, None, :]
+
+
+def _rc_rows_forward_direction(w2, c, p, s, size, axis):   # the forward's (r - s): rolls the wrong way back
+    return _rc_kernel(w2, c, p, axis), (torch.arange(size) - s) % size
+
+
+def _rc_conv2d_layout(w2, c, p, s, size, axis):            # conv2d's (out, in, kH, kW) layout
+    k = w2.reshape(c, p, w2.shape[1]).transpose(1, 2)
+    return (k[:, :, :, None] if axis == "h" else k[:, :, None, :]), (torch.arange(size) + s) % size
+
+
+def _rc_no_crop(w2, c, p, s, size, axis):                  # keeps the padded rows
+    hp = -(-size // p) * p
+    return _rc_kernel(w2, c, p, axis), (torch.arange(hp) + s) % hp
 
 
 def _dn_over_slots(a, groups, eps=1e-6):          # the self-attention habit: softmax over the slots
@@ -342,13 +363,19 @@ WRONG = [
     ("hrvit.fusion", _fuse_relu, "not HRNet's ReLU"),
     ("hrvit.des_kernel", (right_launcher, right_kernel_no_bias), "max abs error"),
     ("hrvit.padding_waste", _waste_horizontal_only, "count both orientations"),
-    ("hiremlp.partition", _part_no_shift, "roll first"),
-    ("hiremlp.partition", _part_zero_pad, "circular"),
+    ("hiremlp.partition", _part_no_shift, "the shift is +s"),
+    ("hiremlp.partition", _part_contiguous, "storage offset you are given"),
     ("hiremlp.restore", _restore_no_crop, "shape"),
     ("hiremlp.reach", _reach_ignores_shift, "walk back from the output"),
     ("hiremlp.reach", _reach_keeps_padded_copies, "padded copies are dropped"),
-    ("hiremlp.conv_view", _conv_weight_transposed, "K[o, c, i, 0]"),
-    ("hiremlp.gather_kernel", (gather_launcher, gather_kernel_no_wrap), "true modulo"),
+    ("hiremlp.restore_conv", _rc_rows_forward_direction, "(r + s) mod H"),
+    ("hiremlp.restore_conv", _rc_conv2d_layout, "(in, out, kH, kW)"),
+    ("hiremlp.restore_conv", _rc_no_crop, "cropped back to its size"),
+    ("hiremlp.scatter_kernel", (scatter_launcher(scatter_kernel_first_copy), scatter_kernel_first_copy),
+     "appears in the padded map"),
+    ("hiremlp.scatter_kernel", (scatter_launcher(scatter_kernel_atomic), scatter_kernel_atomic), "without atomics"),
+    ("hiremlp.scatter_kernel", (scatter_launcher(scatter_kernel_fp16_acc), scatter_kernel_fp16_acc),
+     "2048 + 1 is 2048"),
     ("transnext.key_counts", _counts_no_mask, "on the map"),
     ("transnext.key_counts", _counts_shifted, "masked, not shifted inward"),
     ("transnext.lsca", _lsca_scaled_bias, "add B after the tau ln N scaling"),

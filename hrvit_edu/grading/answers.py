@@ -295,8 +295,9 @@ def seal(questions) -> None:
 
 
 # ------------------------------------------------------------------------------ kernels
-def kernel_problem(obj: Any, name: str) -> str | None:
-    """Why ``obj`` is not an acceptable Triton kernel, or None."""
+def kernel_problem(obj: Any, name: str, no_atomics: bool = False) -> str | None:
+    """Why ``obj`` is not an acceptable Triton kernel, or None (``no_atomics``: any ``tl.atomic_*``
+    call is a problem too)."""
     try:
         from triton.runtime.jit import KernelInterface
     except ImportError:
@@ -315,6 +316,9 @@ def kernel_problem(obj: Any, name: str) -> str | None:
         if isinstance(node, ast.Name) and node.id in ("torch", "np", "numpy"):
             return (f"`{name}` uses `{node.id}` inside the kernel: a Triton kernel may only use "
                     "tl.* operations on the pointers it is given")
+        if no_atomics and isinstance(node, ast.Attribute) and node.attr.startswith("atomic_"):
+            return (f"`{name}` calls `{node.attr}`: this question asks for a kernel without atomics, in "
+                    "which exactly one program computes and stores each output element")
     return None
 
 
@@ -436,7 +440,7 @@ def _execute(question: Question, namespace: dict, op: str, payload: tuple) -> Re
     reply = Reply()
     kernel = namespace.get(question.kernel) if question.kernel else None
     if question.kernel:
-        reply.kernel_problem = kernel_problem(kernel, question.kernel)
+        reply.kernel_problem = kernel_problem(kernel, question.kernel, question.no_atomics)
     if op == "launch":
         if reply.kernel_problem:
             reply.error = {"kind": "rule", "type": "NotAKernel", "message": reply.kernel_problem}

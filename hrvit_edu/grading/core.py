@@ -81,6 +81,9 @@ class Question:
       runs ("write this yourself"), e.g. ``"hrvit_edu.models.hrvit.stripe_partition"``.
     * ``measure_memory``: count the peak bytes of the tensors a call creates (where the answer
       runs; ``answer.last.peak_bytes``), for checks like "never materialise A kron B".
+    * ``no_atomics``: the kernel may not call ``tl.atomic_*`` (read from its source), for
+      questions whose point is that every output element has exactly one owner.  The Triton
+      interpreter runs programs one after another, so a race could not show up in the values.
     """
     id: str                                    # "<chapter>.<name>"
     title: str
@@ -91,6 +94,7 @@ class Question:
     forbidden: tuple[str, ...] = ()
     off_limits: tuple[str, ...] = ()
     measure_memory: bool = False
+    no_atomics: bool = False
 
     @property
     def chapter(self) -> str:

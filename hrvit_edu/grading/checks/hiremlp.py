@@ -1,7 +1,9 @@
-"""Questions of ``exercises/04_hiremlp.ipynb``: region partition with shift and circular padding,
-its inverse, the reach of a shift schedule ("what happens if"), the convolution view of the
-region linear, and the kernel's gathered load in Triton.  References live here and in the
-package's Hire-MLP module (which the answers may not call)."""
+"""Questions of ``exercises/04_hiremlp.ipynb``: the partition with shift and circular padding as
+storage offsets (the fused kernel's address arithmetic), its inverse, the reach of a shift
+schedule ("what happens if"), the second linear plus the inverse rearrangement as a transposed
+convolution and a gather, and the adjoint of the kernel's gathered load (dX, every
+circular-padding copy summed, no atomics) in Triton.  References live here and in the package's
+Hire-MLP module (which the answers may not call)."""
 from __future__ import annotations
 
 import torch
@@ -29,33 +31,61 @@ def _map(b, c, h, w, seed, dtype=torch.float64):
 
 
 # ------------------------------------------------------------------------------ 1. partition
-_PART_HINT = "padded row r of region g = r // p, offset i = r % p, is input row (r - s) mod H; channel c*p + i"
+def _storage_of(x):
+    """The whole storage under ``x``, as a 1-D tensor of x's dtype."""
+    return torch.empty(0, dtype=x.dtype).set_(x.untyped_storage())
 
 
-def _part_check(fn, h, w, p, s, hint=_PART_HINT):
-    x = _map(2, 3, h, w, h * 100 + w * 10 + p + 1000 * s)
-    assert_matches(fn(x.clone(), p, s), region_partition(x, p, s, "h"), atol=0, rtol=0,
-                   what=f"Z for H={h}, W={w}, p={p}, s={s}", hint=hint)
+def _view(shape, seed, kind):
+    """A map of ``shape`` that is contiguous, a transposed view, or a transposed view of a crop
+    (strides that are not a permutation of a contiguous layout, and a storage offset)."""
+    b, c, h, w = shape
+    if kind == "contiguous":
+        return _map(b, c, h, w, seed)
+    if kind == "transposed":
+        return _map(b, c, w, h, seed).transpose(2, 3)
+    return _map(b + 1, c + 2, w + 3, h + 1, seed).transpose(2, 3)[1:, 1:c + 1, 1:, 2:w + 2]
+
+
+def _part_check(fn, shape, p, s, kind, hint):
+    x = _view(shape, sum(shape) * 13 + p + 100 * s, kind)
+    got = expect_tensor(fn(tuple(x.shape), x.stride(), x.storage_offset(), p, s), "offsets")
+    want_shape = (shape[0], shape[1] * p, -(-shape[2] // p), shape[3])
+    if got.dtype != torch.int64 or tuple(got.shape) != want_shape:
+        raise CheckFailed(f"return int64 offsets of shape (B, C p, H'/p, W) = {want_shape}, "
+                          f"got {got.dtype} {tuple(got.shape)}")
+    storage = _storage_of(x)
+    if bool((got < 0).any()) or bool((got >= storage.numel()).any()):
+        raise CheckFailed(f"offsets outside the storage (0..{storage.numel() - 1}) for {kind} x of shape "
+                          f"{tuple(x.shape)}, strides {x.stride()}, storage offset {x.storage_offset()}. {hint}")
+    assert_matches(storage[got], region_partition(x, p, s, "h"), atol=0, rtol=0,
+                   what=f"storage[offsets] for a {kind} x {tuple(x.shape)}, p={p}, s={s}", hint=hint)
 
 
 def _part_hidden(fn):
     rng = hidden_rng(40)
-    for _ in range(4):
+    for kind in ("contiguous", "transposed", "cropped"):
         h = rng.randint(1, 12)
-        _part_check(fn, h, rng.randint(1, 5), rng.randint(1, 5), rng.randint(0, 2 * h), "")
+        _part_check(fn, (rng.randint(1, 2), rng.randint(1, 4), h, rng.randint(1, 5)), rng.randint(1, 5),
+                    rng.randint(0, 2 * h), kind, "")
 
 
-register(Question("hiremlp.partition", "inner-region rearrangement with shift and circular padding, (4.1)-(4.2)",
-                  "partition", (
-    Check("p divides H, no shift", 1, lambda fn: _part_check(fn, 8, 5, 4, 0)),
+_PART_HINT = ("Z[b, c p + i, g, w] = X[b, c, (g p + i - s) mod H, w], and X[b, c, h, w] lives at "
+              "storage_offset + b sb + c sc + h sh + w sw")
+register(Question("hiremlp.partition", "the shifted, padded partition as storage offsets, (4.1)-(4.2)",
+                  "partition_offsets", (
+    Check("contiguous, p divides H, no shift", 1, lambda fn: _part_check(fn, (2, 3, 8, 5), 4, 0, "contiguous",
+                                                                         _PART_HINT)),
     Check("with a shift", 1, lambda fn: _part_check(
-        fn, 8, 5, 4, 2, "roll first (row r moves to r + s mod H), then cut regions")),
-    Check("circular padding", 1, lambda fn: _part_check(
-        fn, 7, 4, 3, 1, "pad to a multiple of p by repeating the first rows (circular), after the shift")),
-    Check("padding longer than the map", 1, lambda fn: _part_check(
-        fn, 2, 3, 5, 1, "when p > H the padding wraps around more than once: use (r - s) mod H")),
-    Check("hidden sizes", 1, _part_hidden),
-), forbidden=_ROLL, off_limits=_REARRANGE))
+        fn, (2, 3, 8, 5), 4, 2, "contiguous", "padded row r reads input row (r - s) mod H: the shift is +s")),
+    Check("circular padding, padding longer than the map", 1, lambda fn: _part_check(
+        fn, (1, 2, 2, 3), 5, 1, "contiguous",
+        "every padded row r < H' reads row (r - s) mod H: with p > H the padding wraps more than once")),
+    Check("a strided view with a storage offset", 1, lambda fn: _part_check(
+        fn, (2, 3, 7, 4), 3, 2, "cropped", "use the strides and the storage offset you are given, "
+                                          "not the ones of a contiguous tensor")),
+    Check("hidden sizes and layouts", 1, _part_hidden),
+), off_limits=_REARRANGE))
 
 
 # ------------------------------------------------------------------------------ 2. restore
@@ -133,40 +163,62 @@ register(Question("hiremlp.reach", "what happens if s = 0: how far information t
 ), off_limits=_REARRANGE))
 
 
-# ------------------------------------------------------------------------------ 4. conv view
-def _conv_check(fn, c, p, o, axis, seed, hint):
+# ------------------------------------------------------------------------------ 4. restore as a conv
+def _restore_conv_check(fn, c, p, o, size, other, s, axis, seed, hint):
+    """The grader computes conv_transpose2d(h, kernel, stride).index_select(axis, rows): it must equal
+    the second linear W_2 h followed by the inverse rearrangement (region_restore)."""
     g = _gen(seed)
-    w1 = torch.randn(o, c * p, generator=g, dtype=torch.float64)
-    x = torch.randn(2, c, 3 * p, 2 * p + 1, generator=g, dtype=torch.float64)
-    if axis == "w":
-        x = x.transpose(2, 3).contiguous()
-    weight = expect_tensor(fn(w1.clone(), c, p, axis), "conv weight")
+    w2 = torch.randn(c * p, o, generator=g, dtype=torch.float64)
+    n = -(-size // p)
+    shape = (2, o, n, other) if axis == "h" else (2, o, other, n)
+    h = torch.randn(*shape, generator=g, dtype=torch.float64)
+    got = fn(w2.clone(), c, p, s, size, axis)
+    if not (isinstance(got, tuple) and len(got) == 2):
+        raise CheckFailed("return a pair (kernel, rows)")
+    kernel, rows = expect_tensor(got[0], "kernel"), expect_tensor(got[1], "rows")
     want_shape = (o, c, p, 1) if axis == "h" else (o, c, 1, p)
-    if tuple(weight.shape) != want_shape:
-        raise CheckFailed(f"axis {axis!r}: the conv weight must be {want_shape}, got {tuple(weight.shape)}")
-    stride = (p, 1) if axis == "h" else (1, p)
-    want = torch.einsum("ok,bk...->bo...", w1, region_partition(x, p, 0, axis))
-    assert_matches(F.conv2d(x, weight.to(x.dtype), stride=stride), want, atol=1e-9, rtol=1e-9,
-                   what=f"conv2d(x, your weight, stride {stride}) for C={c}, p={p}, axis {axis!r}", hint=hint)
+    if tuple(kernel.shape) != want_shape:
+        raise CheckFailed(f"axis {axis!r}: conv_transpose2d's kernel is (in, out, kH, kW) = {want_shape}, "
+                          f"got {tuple(kernel.shape)}")
+    what = "rows" if axis == "h" else "columns"
+    if rows.dtype != torch.int64 or tuple(rows.shape) != (size,):
+        raise CheckFailed(f"rows must be an int64 vector of the {size} output {what} (the map is cropped back to "
+                          f"its size), got {rows.dtype} {tuple(rows.shape)}")
+    dim, stride = (2, (p, 1)) if axis == "h" else (3, (1, p))
+    if bool((rows < 0).any()) or bool((rows >= n * p).any()):
+        raise CheckFailed(f"every index must be one of the {n * p} padded {what}, got {rows.tolist()}")
+    conv = F.conv_transpose2d(h, kernel.to(h.dtype), stride=stride).index_select(dim, rows)
+    want = region_restore(torch.einsum("ko,bo...->bk...", w2, h), p, size, s, axis)
+    label = "H" if axis == "h" else "W"
+    assert_matches(conv, want, atol=1e-9, rtol=1e-9, what=f"for C={c}, {label}={size}, p={p}, s={s}, {axis!r}",
+                   hint=hint)
 
 
-def _conv_hidden(fn):
+def _restore_conv_hidden(fn):
     rng = hidden_rng(43)
     for _ in range(3):
-        _conv_check(fn, rng.randint(1, 6), rng.randint(1, 5), rng.randint(1, 6), rng.choice("hw"),
-                    rng.randrange(10 ** 6), "")
+        size = rng.randint(1, 11)
+        _restore_conv_check(fn, rng.randint(1, 5), rng.randint(1, 5), rng.randint(1, 5), size, rng.randint(1, 4),
+                            rng.randint(0, 2 * size), rng.choice("hw"), rng.randrange(10 ** 6), "")
 
 
-register(Question("hiremlp.conv_view", "the region linear as a strided convolution", "conv_weight", (
-    Check("height branch", 1, lambda fn: _conv_check(
-        fn, 3, 4, 5, "h", 0, "W1[o, c*p + i] multiplies row i of region: the kernel entry K[o, c, i, 0]")),
-    Check("width branch", 1, lambda fn: _conv_check(fn, 3, 4, 5, "w", 1, "for the width branch the kernel is (1 x p)")),
-    Check("hidden sizes", 1, _conv_hidden),
+register(Question("hiremlp.restore_conv", "the second linear and the inverse rearrangement as a transposed "
+                  "convolution and a gather", "restore_conv", (
+    Check("height branch, shift and circular padding", 1, lambda fn: _restore_conv_check(
+        fn, 3, 3, 5, 7, 4, 2, "h", 0, "channel c p + i of W_2 h is padded row g p + i: kernel[o, c, i, 0] = "
+                                      "W2[c p + i, o]; output row r is padded row (r + s) mod H")),
+    Check("width branch", 1, lambda fn: _restore_conv_check(
+        fn, 2, 4, 3, 9, 3, 3, "w", 1, "for the width branch the kernel is (O, C, 1, p) and the gather picks "
+                                      "columns")),
+    Check("padding longer than the map, shift past H", 1, lambda fn: _restore_conv_check(
+        fn, 2, 5, 3, 2, 3, 5, "h", 2, "p > H: keep the first H padded rows, then undo the roll: (r + s) mod H")),
+    Check("hidden sizes", 1, _restore_conv_hidden),
 ), off_limits=_REARRANGE))
 
 
 # ------------------------------------------------------------------------------ 5. kernel piece
-# The grader launches the reader's kernel itself, then requires the launcher to have launched it.
+# The adjoint of the fused kernel's gathered load.  Four of the five points come from launches the
+# grader makes itself, into NaN-poisoned buffers; the last requires the launcher to launch it.
 def _kernel_ready():
     if not (HAS_TRITON and triton_usable(torch.zeros(1))):
         raise CheckFailed("Triton is not usable here (it is Linux-only); this question needs it")
@@ -178,44 +230,84 @@ def _operand_ref(x, p, s):
     return z.permute(0, 2, 3, 1).reshape(b * z.shape[2] * w, c * p)  # rows (b, g, w), columns (c, i)
 
 
-_LAUNCH = ("gather_kernel[(cdiv(M, 16), cdiv(K, 16))](X, A, M, K, G, W, H, *x.stride(), P=p, S=s % H, "
-           "BM=16, BK=16)")
+def _operand_grad_ref(da, shape, p, s):
+    """dX = (dA/dX)^T dA by autograd of the gather, in fp64."""
+    x = torch.zeros(shape, dtype=torch.float64, requires_grad=True)
+    _operand_ref(x, p, s).backward(da.to(torch.float64))
+    return x.grad
 
 
-def _gather_direct(fn):
+_SCATTER_HINT = ("row n = (b, h, w) of dX sums dA[(b, g, w), c p + i] over every padded row r = g p + i with "
+                 "(r - S) mod H = h, written through the strides given (a transposed view)")
+
+
+def _scatter_launch(fn, shape, p, s, da, hint, tol):
+    """Launch the reader's kernel on our buffers: DX a NaN-filled transposed view."""
     _kernel_ready()
-    rng = hidden_rng(44)
-    for b, c, h, w, p, s in [(2, 3, 7, 5, 3, 2), (1, 5, 8, 3, 4, 0)] + [
-            (rng.randint(1, 2), rng.randint(1, 6), rng.randint(1, 9), rng.randint(1, 6), rng.randint(1, 4),
-             rng.randint(0, 3)) for _ in range(2)]:
-        x = _map(b, c, h, w, b + c * 10 + h * 100 + s, torch.float32)
-        g = -(-h // p)
-        m, k = b * g * w, c * p
-        a = torch.full((m, k), float("nan"))
-        out = fn.launch(((m + 15) // 16, (k + 15) // 16), x, a, m, k, g, w, h, *x.stride(), P=p, S=s % h, BM=16, BK=16)
-        assert_matches(out[1], _operand_ref(x, p, s), atol=0, rtol=0,
-                       what=f"what your kernel stored for B={b}, C={c}, H={h}, W={w}, p={p}, s={s}",
-                       hint=f"launched as {_LAUNCH}: A[m, k] = X[b, c, (g p + i - S) mod H, w], masked m < M, k < K")
+    b, c, h, w = shape
+    g = -(-h // p)
+    n = b * h * w
+    dx = torch.full((b, c, w, h), float("nan"), dtype=da.dtype).transpose(2, 3)
+    out = fn.launch(((n + 15) // 16, (c + 15) // 16), da, dx, n, c, g, w, h, *dx.stride(), P=p, S=s % h,
+                    NREP=-(-g * p // h), BN=16, BC=16)[1]
+    label = f"B={b}, C={c}, H={h}, W={w}, p={p}, s={s}, {str(da.dtype).replace('torch.', '')}"
+    bad = torch.isnan(out)
+    if bool(bad.any()):
+        first = [int(v) for v in torch.nonzero(bad)[0]]
+        raise CheckFailed(f"{label}: dX{first} was never written (or was read before it was written): the "
+                          "grader's buffer starts as NaN; store every element exactly once, masked, without atomics")
+    want = _operand_grad_ref(da, shape, p, s)
+    if da.dtype == torch.float16:
+        want = want.to(torch.float16).to(torch.float64)            # the exact sum, rounded once
+    assert_matches(out.to(torch.float64), want, atol=tol, rtol=tol, what=label, hint=hint)
 
 
-def _gather_check(fn, shape, p, s, dtype, hint, transpose=False):
+def _da(shape, p, seed, dtype=torch.float32):
+    b, c, h, w = shape
+    return _map(1, 1, b * -(-h // p) * w, c * p, seed, dtype)[0, 0]
+
+
+def _scatter_direct(fn):
+    for shape_p_s in [(2, 3, 7, 5, 3, 2), (1, 17, 8, 3, 4, 0)] + _cases(hidden_rng(44), 2):
+        shape, p, s = shape_p_s[:4], *shape_p_s[4:]
+        _scatter_launch(fn, shape, p, s, _da(shape, p, sum(shape_p_s)), _SCATTER_HINT, 1e-5)
+
+
+def _scatter_fp16(fn):
+    """H = 1, p = 8: each input row has 8 copies; dA is 2048 on the first copy and 1 on the other
+    seven.  Summed in fp32 and rounded once: 2056; accumulated in fp16: 2048 + 1 rounds back to 2048."""
+    shape, p = (2, 3, 1, 4), 8
+    da = torch.ones(2 * 1 * 4, 3 * 8, dtype=torch.float16)
+    da[:, ::8] = 2048.0
+    _scatter_launch(fn, shape, p, 0, da, "accumulate in fp32 (2048 + 1 is 2048 in fp16), store in DX's dtype",
+                    1e-3)
+
+
+def _cases(rng, n):
+    return [(rng.randint(1, 2), rng.randint(1, 6), rng.randint(1, 9), rng.randint(1, 6), rng.randint(1, 5),
+             rng.randint(0, 9)) for _ in range(n)]
+
+
+def _scatter_launcher(fn):
     _kernel_ready()
-    x = _map(*shape, sum(shape) * 7 + p + s, dtype)
-    if transpose:
-        x = x.transpose(2, 3)                                        # a strided view
-    got = fn(x, p, s)
-    fn.require_launched()
-    assert_matches(got, _operand_ref(x, p, s), atol=0, rtol=0,
-                   what=f"A for {tuple(x.shape)}, p={p}, s={s}, {str(dtype).replace('torch.', '')}", hint=hint)
+    for shape_p_s in _cases(hidden_rng(45), 2):
+        shape, p, s = shape_p_s[:4], *shape_p_s[4:]
+        da = _da(shape, p, sum(shape_p_s) + 1)
+        got = expect_tensor(fn(da, shape, p, s), "dX")
+        fn.require_launched()
+        if got.dtype != da.dtype or tuple(got.shape) != shape:
+            raise CheckFailed(f"dX must be {shape} in the dtype of dA, got {got.dtype} {tuple(got.shape)}")
+        assert_matches(got.to(torch.float64), _operand_grad_ref(da, shape, p, s), atol=1e-5, rtol=1e-5,
+                       what=f"operand_grad for {shape}, p={p}, s={s}", hint="")
 
 
-register(Question("hiremlp.gather_kernel", "the fused kernel's gathered operand, in Triton", "gathered_operand", (
-    Check("your kernel, launched by the grader", 1, _gather_direct),
-    Check("shift and circular padding", 1, lambda fn: _gather_check(
-        fn, (2, 3, 7, 5), 3, 2, torch.float32, "use a true modulo: (r % H + H) % H is safe for r < 0 on a GPU")),
-    Check("a strided (transposed) view", 1, lambda fn: _gather_check(
-        fn, (1, 4, 6, 9), 4, 1, torch.float32, "read x through its strides: pass x.stride() to the kernel",
-        transpose=True)),
-    Check("fp16 in, fp16 out", 1, lambda fn: _gather_check(
-        fn, (2, 2, 5, 4), 2, 1, torch.float16, "A has the dtype of x")),
-), time_limit=60.0, kernel="gather_kernel", forbidden=_ROLL, off_limits=_REARRANGE))
+register(Question("hiremlp.scatter_kernel", "the adjoint of the gathered operand (dX), in Triton, without atomics",
+                  "operand_grad", (
+    Check("your kernel, launched by the grader", 2, _scatter_direct),
+    Check("every circular-padding copy summed", 1, lambda fn: _scatter_launch(
+        fn, (2, 3, 2, 4), 5, 1, _da((2, 3, 2, 4), 5, 7),
+        "p > H: an input row appears in the padded map up to NREP = cdiv(H', H) times, at r = (h + S) mod H + j H "
+        "for every j with r < H'; sum them all", 1e-5)),
+    Check("fp16 in and out, fp32 accumulation", 1, _scatter_fp16),
+    Check("your launcher, hidden sizes", 1, _scatter_launcher),
+), time_limit=60.0, kernel="scatter_kernel", forbidden=_ROLL, off_limits=_REARRANGE, no_atomics=True))

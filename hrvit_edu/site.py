@@ -33,7 +33,8 @@ import nbformat
 API_MODULES = {
     "models": ["hrvit_edu.models.baseline", "hrvit_edu.models.hrvit", "hrvit_edu.models.segformer",
                "hrvit_edu.models.cswin", "hrvit_edu.models.transnext", "hrvit_edu.models.rtformer",
-               "hrvit_edu.models.hire_mlp", "hrvit_edu.nn.layers", "hrvit_edu.nn.heads"],
+               "hrvit_edu.models.hire_mlp", "hrvit_edu.models.expedite", "hrvit_edu.nn.layers",
+               "hrvit_edu.nn.heads"],
     "kernels": ["hrvit_edu.kernels.softmax", "hrvit_edu.kernels.des", "hrvit_edu.kernels.window_attention",
                 "hrvit_edu.kernels.aggregated_attention", "hrvit_edu.kernels.external_attention",
                 "hrvit_edu.kernels.hire",

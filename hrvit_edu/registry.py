@@ -14,7 +14,7 @@ import torch.nn as nn
 # Modules that register models, imported lazily on first lookup (in book order).
 _MODEL_MODULES = ("hrvit_edu.models.baseline", "hrvit_edu.models.hrvit", "hrvit_edu.models.segformer",
                   "hrvit_edu.models.cswin", "hrvit_edu.models.transnext", "hrvit_edu.models.rtformer",
-                  "hrvit_edu.models.hire_mlp")
+                  "hrvit_edu.models.hire_mlp", "hrvit_edu.models.expedite")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -133,3 +133,54 @@ def test_bad_input_raises():
         E.token_reconstruction(x, c, c, norm="softmax")
     with pytest.raises(ValueError, match="same"):
         E.token_reconstruction(x, c, torch.randn(1, 3, 4))
+
+
+# ------------------------------------------------------------------ the ViT it expedites
+import hrvit_edu  # noqa: E402
+from hrvit_edu.bench import count_flops  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def vit():
+    torch.manual_seed(0)
+    return hrvit_edu.create_model("vit_seg_textbook", depth=4, dim=32, heads=2).eval()
+
+
+def test_vit_shapes_any_size(vit):
+    for size in ((64, 64), (72, 56)):
+        with torch.no_grad():
+            assert vit(torch.randn(2, 1, *size)).shape == (2, 11, *size)
+    assert "vit_seg_textbook" in hrvit_edu.list_models(paper="expedite")
+
+
+@pytest.mark.parametrize("beta", [None, 2])
+def test_expedite_with_one_cluster_per_token_is_the_original_model(vit, beta):
+    """clusters = the token grid, lambda 1, k 1: clustering returns the tokens, reconstruction the
+    refined centres, so the expedited model computes exactly the original function."""
+    x = torch.randn(2, 1, 64, 64)
+    e = E.ExpediteConfig(alpha=1, clusters=(16, 16), beta=beta, lam=1, k=1, norm="l1")
+    with torch.no_grad():
+        torch.testing.assert_close(vit(x, expedite=e), vit(x), atol=1e-5, rtol=1e-5)
+
+
+def test_expedite_saves_flops_and_keeps_the_output_shape(vit):
+    x = torch.randn(1, 1, 64, 64)
+    with torch.no_grad():
+        base = count_flops(lambda: vit(x))
+        for beta, bound in ((None, 0.7), (1, 1.0)):       # at width 32 the dense clustering itself
+            e = E.ExpediteConfig(alpha=1, clusters=(8, 8), beta=beta, iters=1)    # costs about a block
+            assert vit(x, expedite=e).shape == (1, 11, 64, 64)
+            assert count_flops(lambda: vit(x, expedite=e)) < bound * base
+
+
+def test_vit_bad_configuration_raises(vit):
+    with pytest.raises(ValueError, match="do not fit"):
+        vit(torch.randn(1, 1, 64, 64), expedite=E.ExpediteConfig(alpha=3, clusters=(8, 8), beta=2))
+    with pytest.raises(ValueError, match="power of 2"):
+        hrvit_edu.create_model("vit_seg_textbook", patch=6)
+    with pytest.raises(ValueError, match="stem"):
+        hrvit_edu.create_model("vit_seg_textbook", stem="pixel")
+    with pytest.raises(ValueError, match="divisible"):
+        hrvit_edu.create_model("vit_seg_textbook", dim=30, heads=4)
+    with pytest.raises(ValueError):
+        vit(torch.randn(1, 3, 64, 64))

@@ -53,8 +53,16 @@ ViT features overflow fp16.
 """
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
+
+from ..nn import DropPath
+from ..nn.checks import check_images, check_model_args
+from ..registry import register_variants
 
 NORMS = ("l2", "l1")
 
@@ -233,3 +241,155 @@ def naive_unpooling(c_hat: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """The other baseline: token i copies centre labels[i] of ``c_hat`` (B, M, C') -> (B, N, C')."""
     _tokens(c_hat, "c_hat")
     return torch.gather(c_hat, 1, labels[..., None].expand(-1, -1, c_hat.shape[-1]))
+
+
+# ============================================================================ the model expedited
+@dataclasses.dataclass(frozen=True)
+class ExpediteConfig:
+    """Where and how a trained ViT is expedited (no weight changes).
+
+    Clustering runs after block ``alpha`` (1-based: the first alpha blocks see every token), onto
+    a ``clusters`` = (h, w) grid.  With ``beta`` = None the rest of the model and the decoder run
+    on the centres and the *logits* are reconstructed (the official Segmenter placement);
+    otherwise the tokens are reconstructed after block alpha + beta and the remaining gamma
+    blocks run at full resolution.
+    """
+    alpha: int
+    clusters: tuple[int, int]
+    beta: int | None = None
+    lam: int = 5
+    iters: int = 5
+    t: float = 0.02
+    k: int = 20
+    norm: str = "l2"
+
+
+class ViTBlock(nn.Module):
+    """Pre-norm transformer block: x + MHSA(LN(x)), then x + MLP(LN(x)) (GELU, ratio mlp_ratio)."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, drop_path: float = 0.0):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"width {dim} is not divisible by {heads} heads")
+        self.heads = heads
+        self.norm1, self.qkv, self.proj = nn.LayerNorm(dim), nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        self.drop_path = DropPath(drop_path)
+
+    def attention(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        return self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, c))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.attention(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+@dataclasses.dataclass(frozen=True)
+class ViTSegConfig:
+    dim: int = 96
+    depth: int = 8
+    heads: int = 3
+    mlp_ratio: float = 4.0
+    patch: int = 4                   # token stride
+    stem: str = "conv"               # "conv": 3x3 stride-2 convs down to the patch stride | "patch": one p x p conv
+    pos_grid: int = 16               # learned positional table, bicubically resized to other token grids
+    cls_token: bool = True           # kept aside by clustering and reconstruction, as in Segmenter
+    drop_path: float = 0.0
+
+
+class ViTSegmenter(nn.Module):
+    """A plain ViT segmenter (Segmenter with a linear decoder): stem -> tokens (+ positions, CLS)
+    -> ``depth`` blocks -> LN -> per-token linear classifier -> bilinear to the input size.
+
+    ``forward(x, expedite=ExpediteConfig(...))`` runs the same weights with token clustering and
+    reconstruction inserted (eqs. 5.1-5.8); ``expedite=None`` is the original model.
+    """
+
+    def __init__(self, cfg: ViTSegConfig, *, num_classes: int, in_chans: int):
+        check_model_args("ViTSegmenter", num_classes, in_chans)
+        if cfg.stem not in ("conv", "patch"):
+            raise ValueError(f"ViTSegmenter: stem must be 'conv' or 'patch', got {cfg.stem!r}")
+        if cfg.stem == "conv" and (cfg.patch < 2 or cfg.patch & (cfg.patch - 1)):
+            raise ValueError(f"ViTSegmenter: the conv stem halves the map, so patch must be a power of 2, "
+                             f"got {cfg.patch}")
+        super().__init__()
+        self.cfg, self.in_chans, self.num_classes = cfg, in_chans, num_classes
+        d = cfg.dim
+        if cfg.stem == "patch":
+            self.stem = nn.Conv2d(in_chans, d, cfg.patch, stride=cfg.patch)
+        else:
+            layers, c_in, n = [], in_chans, int(math.log2(cfg.patch))
+            for i in range(n):
+                c_out = d if i == n - 1 else max(d // 2 ** (n - 1 - i), 16)
+                layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1)]
+                if i < n - 1:
+                    layers += [nn.BatchNorm2d(c_out), nn.GELU()]
+                c_in = c_out
+            self.stem = nn.Sequential(*layers)
+        self.pos = nn.Parameter(torch.zeros(1, d, cfg.pos_grid, cfg.pos_grid))
+        self.cls = nn.Parameter(torch.zeros(1, 1, d)) if cfg.cls_token else None
+        rates = torch.linspace(0, cfg.drop_path, cfg.depth).tolist()
+        self.blocks = nn.ModuleList(ViTBlock(d, cfg.heads, cfg.mlp_ratio, r) for r in rates)
+        self.norm = nn.LayerNorm(d)
+        self.head = nn.Linear(d, num_classes) if num_classes else None
+        nn.init.trunc_normal_(self.pos, std=0.02)
+        if self.cls is not None:
+            nn.init.trunc_normal_(self.cls, std=0.02)
+
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Images (B, C_in, H, W) -> tokens (B, N, C) with positions added, and the token grid."""
+        check_images("ViTSegmenter", x, self.in_chans)
+        f = self.stem(x)
+        grid = tuple(f.shape[-2:])
+        pos = self.pos if grid == self.pos.shape[-2:] else F.interpolate(self.pos, size=grid, mode="bicubic",
+                                                                         align_corners=False)
+        return (f + pos).flatten(2).transpose(1, 2), grid
+
+    def _split(self, tokens):
+        return (tokens[:, :1], tokens[:, 1:]) if self.cls is not None else (None, tokens)
+
+    def _join(self, cls, tokens):
+        return tokens if cls is None else torch.cat([cls, tokens], dim=1)
+
+    def forward(self, x: torch.Tensor, expedite: ExpediteConfig | None = None) -> torch.Tensor:
+        tokens, grid = self.embed(x)
+        b = tokens.shape[0]
+        if self.cls is not None:
+            tokens = torch.cat([self.cls.expand(b, -1, -1), tokens], dim=1)
+        e = expedite
+        if e is not None:
+            last = e.alpha + (e.beta or 0)
+            if not 1 <= e.alpha <= len(self.blocks) or last > len(self.blocks):
+                raise ValueError(f"expedite: alpha={e.alpha}, beta={e.beta} do not fit {len(self.blocks)} blocks")
+        cur, saved = grid, None
+        for i, blk in enumerate(self.blocks, start=1):
+            tokens = blk(tokens)
+            if e is not None and i == e.alpha:                              # cluster, eqs. (5.1)-(5.4)
+                cls, x_a = self._split(tokens)
+                c_a = token_clustering(x_a, grid, e.clusters, lam=e.lam, iters=e.iters, t=e.t)
+                tokens, cur, saved = self._join(cls, c_a), tuple(e.clusters), (x_a, c_a)
+            if e is not None and e.beta is not None and i == e.alpha + e.beta:   # reconstruct, (5.6)-(5.8)
+                cls, c_hat = self._split(tokens)
+                tokens = self._join(cls, token_reconstruction(*saved, c_hat, t=e.t, k=e.k, norm=e.norm))
+                cur, saved = grid, None
+        feats = self.norm(self._split(tokens)[1])                           # (B, N or M, C)
+        if self.head is None:
+            return feats.transpose(1, 2).reshape(b, -1, *cur)
+        logits = self.head(feats)                                           # (B, N or M, K)
+        if saved is not None:                                               # Segmenter: reconstruct the logits
+            logits = token_reconstruction(*saved, logits, t=e.t, k=e.k, norm=e.norm)
+        logits = logits.transpose(1, 2).reshape(b, -1, *grid)
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+VARIANTS = {
+    # A plain ViT for DigitScenes (64 x 64) on 2 CPU cores: patch stride 4 (a 16 x 16 token grid,
+    # so attention is the dominant cost), conv stem, 8 blocks of width 96.
+    "textbook": ViTSegConfig(),
+}
+
+register_variants("vit_seg", paper="expedite", model_cls=ViTSegmenter, variants=VARIANTS, title="ViT segmenter")

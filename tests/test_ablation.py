@@ -110,3 +110,21 @@ def test_transnext_sweep_and_budget():
     assert [a.name for a in groups[0][0]] == list(T.ABLATIONS) and groups[0][1] == [0, 1, 2]
     b = T.ablation_budget(get_profile("book").budget)
     assert b.steps == get_profile("book").budget.steps and b.eval_every == 0
+
+
+def test_reference_arms_read_every_stored_chapter_sweep(tmp_path):
+    from pathlib import Path
+
+    from hrvit_edu.train.ablation import TEXTBOOK_REFERENCES, reference_arms
+
+    results = Path(__file__).resolve().parents[1] / "chapters" / "results"
+    rows = reference_arms(results, "book")
+    stored = [c for c in TEXTBOOK_REFERENCES if (results / f"{c}_ablations_book.json").exists()]
+    assert [r.chapter for r in rows] == stored and len(stored) == 4
+    for r in rows:
+        res = load_results(results / f"{r.chapter}_ablations_book.json")
+        ref_runs = [x for x in res["runs"] if x["arm"] == "reference"]
+        assert (r.mean, r.n) == summarize({"runs": ref_runs})["reference"][::2]
+        assert r.n == 3 and 0 < r.mean < 1 and r.steps == res["budget"]["steps"]
+        hrvit_edu.create_model(r.model)                      # every row names a registered model
+    assert reference_arms(tmp_path, "book") == []            # no stored sweep: no rows

@@ -119,6 +119,26 @@ def test_bad_input():
         region_partition(torch.zeros(1, 3, 4, 4), 2, axis="x")
 
 
+def test_official_init_is_trunc_normal_002_and_torch_init_is_an_option():
+    torch.manual_seed(0)
+    m = hrvit_edu.create_model("hire_mlp_tiny", num_classes=1000, in_chans=3, task="classify")
+    convs = [mod for mod in m.modules() if isinstance(mod, (torch.nn.Conv2d, torch.nn.Linear))]
+    w = torch.cat([mod.weight.flatten() for mod in convs])
+    assert abs(w.std().item() - 0.02) < 0.001 and w.abs().max().item() <= 2.0
+    assert all(mod.bias is None or not mod.bias.any() for mod in convs)
+    norms = [mod for mod in m.modules() if isinstance(mod, torch.nn.BatchNorm2d)]
+    assert all(bool((n.weight == 1).all()) and not n.bias.any() for n in norms)
+    stem = hrvit_edu.create_model("hire_mlp_tiny", init="torch").stem[0].weight     # Kaiming-uniform(a=sqrt 5)
+    bound = 1 / stem[0].numel() ** 0.5                                            # 1 / sqrt(fan_in)
+    assert stem.abs().max().item() <= bound and stem.std().item() > 0.5 * bound / 3 ** 0.5
+    seg = hrvit_edu.create_model("hire_mlp_textbook", init="official")   # the backbone only:
+    backbone = torch.cat([m.weight.flatten() for m in seg.stages.modules() if isinstance(m, torch.nn.Conv2d)])
+    assert abs(backbone.std().item() - 0.02) < 0.002
+    assert seg.head.classifier.bias.any()                                  # the book's head keeps its init
+    with pytest.raises(ValueError, match="init"):
+        hrvit_edu.create_model("hire_mlp_tiny", init="xavier")
+
+
 def test_token_mixing_mlp_is_tied_to_its_size():
     mix = TokenMixingMLP((8, 8), 16)
     assert mix(torch.randn(2, 3, 8, 8)).shape == (2, 3, 8, 8)
@@ -136,8 +156,9 @@ def test_chapter_arms_are_single_changes_at_the_full_budget():
     main = get_profile("book").budget
     b = HM.ablation_budget(main)
     assert b.steps == main.steps and b.eval_every == 0
-    ((arms, seeds),) = HM.ablation_sweep()
+    (arms, seeds), (lr_arms, lr_seeds) = HM.ablation_sweep()
     assert [a.name for a in arms] == list(HM.ABLATIONS) and seeds == [0, 1, 2]
+    assert [a.budget for a in lr_arms] == [{"lr": lr} for lr in HM.ABLATION_LRS] and lr_seeds == [0]
     for kw in HM.ABLATIONS.values():
         m = hrvit_edu.create_model("hire_mlp_textbook", **kw).eval()
         with torch.no_grad():

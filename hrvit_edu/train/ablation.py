@@ -150,3 +150,38 @@ def compare(arm: tuple[float, float, int], ref: tuple[float, float, int]) -> tup
     d = arm[0] - ref[0]
     s = math.sqrt((arm[1] ** 2 + ref[1] ** 2) / 2)
     return d, s, abs(d) > 2 * s
+
+
+# The chapters whose stored sweeps hold a textbook model's "reference" arm (chapter -> model name).
+TEXTBOOK_REFERENCES = {"01_hrvit": "hrvit_textbook", "02_transnext": "transnext_textbook",
+                       "03_rtformer": "rtformer_textbook", "04_hiremlp": "hire_mlp_textbook"}
+
+
+@dataclasses.dataclass(frozen=True)
+class ReferenceArm:
+    """A chapter's textbook model as its stored sweep trained it: the "reference" arm's seeds."""
+    chapter: str
+    model: str
+    mean: float                  # test mIoU over seeds
+    sd: float                    # sample sd (nan for one seed)
+    n: int
+    steps: int
+    batch_size: int
+    train_seconds: float         # mean over seeds, as stored (the machine that ran the sweep)
+
+
+def reference_arms(results_dir: str | Path, profile: str) -> list[ReferenceArm]:
+    """Every chapter's stored reference arm (``<results_dir>/<chapter>_ablations_<profile>.json``),
+    in chapter order; chapters without a stored sweep are skipped.  Compare rows only where
+    ``steps`` and ``batch_size`` match: the chapters state their own ablation budgets."""
+    rows = []
+    for chapter, model in TEXTBOOK_REFERENCES.items():
+        path = Path(results_dir) / f"{chapter}_ablations_{profile}.json"
+        if not path.exists():
+            continue
+        res = load_results(path)
+        runs = [r for r in res["runs"] if r["arm"] == "reference"]
+        mean, sd, n = summarize({"runs": runs})["reference"]
+        rows.append(ReferenceArm(chapter, model, mean, sd, n, res["budget"]["steps"], res["budget"]["batch_size"],
+                                 statistics.fmean(r["train_seconds"] for r in runs)))
+    return rows

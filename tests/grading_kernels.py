@@ -67,17 +67,20 @@ def right_launcher(x, B, b_B):
 
 
 @triton.jit
+def _dx_tile(N, C, W, H, BN: tl.constexpr, BC: tl.constexpr):
+    """The dX tile every scatter answer below owns: channels, (w, h, b) of its rows n, and the mask."""
+    n = tl.program_id(0) * BN + tl.arange(0, BN)
+    c = tl.program_id(1) * BC + tl.arange(0, BC)
+    return c, n % W, (n // W) % H, n // (W * H), (n[:, None] < N) & (c[None, :] < C)
+
+
+@triton.jit
 def scatter_kernel_first_copy(DA, DX, N, C, G, W, H, sxb, sxc, sxh, sxw, P: tl.constexpr, S: tl.constexpr,
                               NREP: tl.constexpr, BN: tl.constexpr, BC: tl.constexpr):
     """Takes only the first copy r = (h + S) mod H of each input row: forgets that the circular
     padding repeats rows, whose gradients must be summed."""
-    n = tl.program_id(0) * BN + tl.arange(0, BN)
-    c = tl.program_id(1) * BC + tl.arange(0, BC)
-    w = n % W
-    h = (n // W) % H
-    b = n // (W * H)
+    c, w, h, b, ok = _dx_tile(N, C, W, H, BN, BC)
     r = (h + S) % H
-    ok = (n[:, None] < N) & (c[None, :] < C)
     m = (b * G + r // P) * W + w
     val = tl.load(DA + m[:, None] * (C * P) + c[None, :] * P + (r % P)[:, None], mask=ok, other=0.0)
     tl.store(DX + b[:, None] * sxb + c[None, :] * sxc + h[:, None] * sxh + w[:, None] * sxw, val, mask=ok)
@@ -88,12 +91,7 @@ def scatter_kernel_atomic(DA, DX, N, C, G, W, H, sxb, sxc, sxh, sxw, P: tl.const
                           NREP: tl.constexpr, BN: tl.constexpr, BC: tl.constexpr):
     """Scatters from dX's side with atomic adds, one copy per loop step: correct sums on a zeroed
     buffer, but several programs may own one element (and the grader's buffer is not zeroed)."""
-    n = tl.program_id(0) * BN + tl.arange(0, BN)
-    c = tl.program_id(1) * BC + tl.arange(0, BC)
-    w = n % W
-    h = (n // W) % H
-    b = n // (W * H)
-    ok = (n[:, None] < N) & (c[None, :] < C)
+    c, w, h, b, ok = _dx_tile(N, C, W, H, BN, BC)
     for j in range(NREP):
         r = (h + S) % H + j * H
         m = (b * G + r // P) * W + w
@@ -106,12 +104,7 @@ def scatter_kernel_atomic(DA, DX, N, C, G, W, H, sxb, sxc, sxh, sxw, P: tl.const
 def scatter_kernel_fp16_acc(DA, DX, N, C, G, W, H, sxb, sxc, sxh, sxw, P: tl.constexpr, S: tl.constexpr,
                             NREP: tl.constexpr, BN: tl.constexpr, BC: tl.constexpr):
     """Correct indexing, but accumulates in the dtype of dA (fp16 loses small terms next to large ones)."""
-    n = tl.program_id(0) * BN + tl.arange(0, BN)
-    c = tl.program_id(1) * BC + tl.arange(0, BC)
-    w = n % W
-    h = (n // W) % H
-    b = n // (W * H)
-    ok = (n[:, None] < N) & (c[None, :] < C)
+    c, w, h, b, ok = _dx_tile(N, C, W, H, BN, BC)
     acc = tl.zeros((BN, BC), dtype=DX.dtype.element_ty)
     for j in range(NREP):
         r = (h + S) % H + j * H

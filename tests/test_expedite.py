@@ -184,3 +184,16 @@ def test_vit_bad_configuration_raises(vit):
         hrvit_edu.create_model("vit_seg_textbook", dim=30, heads=4)
     with pytest.raises(ValueError):
         vit(torch.randn(1, 3, 64, 64))
+
+
+@pytest.mark.parametrize("grid, clusters, lam", [((12, 10), (4, 5), 3), ((12, 10), (4, 5), 5), ((13, 9), (4, 3), 3),
+                                                 ((7, 7), (7, 7), 1), ((8, 6), (2, 3), 9)])
+def test_local_clustering_equals_the_dense_official_form(grid, clusters, lam):
+    x = _scene(hh=grid[0], ww=grid[1], seed=2)
+    dense = E.token_clustering(x, grid, clusters, lam=lam, t=0.3, iters=4)
+    local = E.token_clustering(x, grid, clusters, lam=lam, t=0.3, iters=4, impl="local")
+    torch.testing.assert_close(local, dense, atol=1e-10, rtol=1e-10)
+    with pytest.raises(ValueError, match="impl"):
+        E.token_clustering(x, grid, clusters, impl="sparse")
+    with pytest.raises(ValueError, match="dense"):
+        E.token_clustering(x, grid, clusters, impl="local", return_assignments=True)

@@ -152,16 +152,49 @@ def free_energy(x: torch.Tensor, c: torch.Tensor, q: torch.Tensor, t: float) -> 
     return (q * squared_distances(x, c)).sum(dim=(1, 2)) + entropy_term / t
 
 
+def _local_em(x: torch.Tensor, c: torch.Tensor, cells: torch.Tensor, clusters: tuple[int, int], lam: int,
+              t: float, iters: int) -> torch.Tensor:
+    """(5.3)-(5.4) touching only each token's lambda^2 candidate centres: O(N lambda^2 C) per
+    iteration instead of the dense O(N M C).
+
+    The candidates of a cell are ``F.unfold`` of the centre map (a gather; slots off the grid are
+    masked), and the M-step sends every token's weighted features back to the centres with
+    ``F.fold``, unfold's adjoint (a scatter-add), after summing them per cell with one
+    ``index_add_`` over the tokens."""
+    (h, w), r, k2 = clusters, lam // 2, lam * lam
+    b, n, ch = x.shape
+    m = h * w
+    on_grid = F.unfold(torch.ones(1, 1, h, w, dtype=x.dtype, device=x.device), lam, padding=r)[0] > 0  # (k2, M)
+    valid = on_grid.t()[cells]                                                      # (N, k2)
+    for _ in range(iters):
+        cand = F.unfold(c.transpose(1, 2).reshape(b, ch, h, w), lam, padding=r)    # (B, C k2, M)
+        cand = cand.reshape(b, ch, k2, m).permute(0, 3, 2, 1)[:, cells]             # (B, N, k2, C)
+        d = ((x[:, :, None, :] - cand) ** 2).sum(-1)                                # (B, N, k2)
+        q = (-t * d).masked_fill(~valid, float("-inf")).softmax(dim=-1)             # (B, N, k2)
+        contrib = torch.cat([q[..., None] * x[:, :, None, :], q[..., None]], dim=-1)   # (B, N, k2, C + 1)
+        per_cell = x.new_zeros(b, m, k2, ch + 1).index_add_(1, cells, contrib)    # (B, M, k2, C + 1)
+        sums = F.fold(per_cell.permute(0, 3, 2, 1).reshape(b, (ch + 1) * k2, m), (h, w), lam, padding=r)
+        sums = sums.flatten(2).transpose(1, 2)                                      # (B, M, C + 1)
+        c = sums[..., :ch] / sums[..., ch:].clamp_min(1e-16)
+    return c
+
+
 def token_clustering(x: torch.Tensor, grid: tuple[int, int], clusters: tuple[int, int], *, lam: int = 5,
                      iters: int = 5, t: float | None = 0.02, tau: float | None = None,
-                     return_assignments: bool = False):
+                     return_assignments: bool = False, impl: str = "dense"):
     """Eqs. (5.1)-(5.4): (B, N, C) tokens on ``grid`` = (H, W) -> (B, h w, C) centres.
 
     ``t`` multiplies the distance (official Segmenter code, default 0.02); pass ``tau`` instead to
     divide by it (the DINO port's convention, tau = 1 / t).  ``iters`` = kappa, ``lam`` = lambda.
-    With ``return_assignments``, also returns the last Q (B, N, M) of (5.3), the one the returned
-    centres were averaged with.
+    ``impl="dense"`` is the official formulation (all N x M distances, the disallowed ones
+    masked); ``impl="local"`` computes the same centres from each token's lambda^2 candidates
+    only (:func:`_local_em`).  With ``return_assignments`` (dense only), also returns the last
+    Q (B, N, M) of (5.3), the one the returned centres were averaged with.
     """
+    if impl not in ("dense", "local"):
+        raise ValueError(f"impl must be 'dense' (official) or 'local', got {impl!r}")
+    if return_assignments and impl != "dense":
+        raise ValueError("return_assignments needs impl='dense' (the local form never forms the N x M Q)")
     _tokens(x, "x")
     hh, ww = _grid(x.shape[1], grid, "the token grid")
     h, w = (int(v) for v in clusters)
@@ -176,6 +209,8 @@ def token_clustering(x: torch.Tensor, grid: tuple[int, int], clusters: tuple[int
     allowed = locality_mask((hh, ww), (h, w), lam, x.device)
     xf = x.to(_work_dtype(x))
     c = avgpool_tokens(xf, (hh, ww), (h, w))
+    if impl == "local":
+        return _local_em(xf, c, initial_cells((hh, ww), (h, w), x.device), (h, w), lam, t, iters).to(x.dtype)
     for _ in range(iters):
         q = assignments(xf, c, allowed, t)
         c = update_centres(xf, q)

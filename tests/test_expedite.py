@@ -1,8 +1,11 @@
 """Expedite (chapter 05): token clustering as EM, reconstruction, baselines, clear errors."""
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
 
+import hrvit_edu
 from hrvit_edu.models import expedite as E
 
 
@@ -136,7 +139,6 @@ def test_bad_input_raises():
 
 
 # ------------------------------------------------------------------ the ViT it expedites
-import hrvit_edu  # noqa: E402
 from hrvit_edu.bench import count_flops  # noqa: E402
 
 
@@ -197,3 +199,71 @@ def test_local_clustering_equals_the_dense_official_form(grid, clusters, lam):
         E.token_clustering(x, grid, clusters, impl="sparse")
     with pytest.raises(ValueError, match="dense"):
         E.token_clustering(x, grid, clusters, impl="local", return_assignments=True)
+
+
+# ------------------------------------------------------------------------------ placements, baselines, windows
+def _vit():
+    torch.manual_seed(0)
+    return hrvit_edu.create_model("vit_seg_textbook", num_classes=11, in_chans=1).eval()
+
+
+def test_pooling_with_as_many_centres_as_tokens_is_the_original_model():
+    model, x = _vit(), torch.randn(2, 1, 32, 32)
+    grid = model.embed(x)[1]
+    with torch.no_grad():
+        ref = model(x)
+        for restore in ("bilinear", "unpool"):
+            got = model(x, expedite=E.ExpediteConfig(alpha=2, beta=2, clusters=grid, reduce="pool", restore=restore))
+            torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_one_window_covering_the_grid_is_the_global_layer():
+    model, x = _vit(), torch.randn(1, 1, 32, 32)
+    grid = model.embed(x)[1]
+    with torch.no_grad():
+        glob = model(x, expedite=E.ExpediteConfig(alpha=3, beta=2, clusters=(5, 5), impl="dense"))
+        win = model(x, expedite=E.ExpediteConfig(alpha=3, beta=2, clusters=(5, 5), window=grid[0], impl="dense"))
+    torch.testing.assert_close(win, glob)
+
+
+def test_windowed_clustering_clusters_each_window_on_its_own():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 8 * 12, 6, generator=gen, dtype=torch.float64)
+    e = E.ExpediteConfig(alpha=1, clusters=(2, 3), window=4, lam=3, t=0.5, iters=2, impl="dense")
+    c, _ = E.reduce_tokens(x, (8, 12), e)
+    assert e.reduced_grid((8, 12)) == (4, 9) and c.shape == (2, 36, 6)
+    cmap = c.reshape(2, 4, 9, 6)
+    xmap = x.reshape(2, 8, 12, 6)
+    for wy in range(2):
+        for wx in range(3):
+            win = xmap[:, 4 * wy:4 * wy + 4, 4 * wx:4 * wx + 4].reshape(2, 16, 6)
+            want = E.token_clustering(win, (4, 4), (2, 3), lam=3, t=0.5, iters=2)
+            torch.testing.assert_close(cmap[:, 2 * wy:2 * wy + 2, 3 * wx:3 * wx + 3].reshape(2, 6, 6), want)
+    with pytest.raises(ValueError, match="does not split"):
+        E.reduce_tokens(x, (8, 12), dataclasses.replace(e, window=5))
+
+
+def test_expedite_config_refuses_unknown_methods():
+    for bad in (dict(reduce="kmeans"), dict(restore="nearest"), dict(impl="sparse"), dict(norm="l3"), dict(window=0)):
+        with pytest.raises(ValueError, match="ExpediteConfig"):
+            E.ExpediteConfig(alpha=1, clusters=(2, 2), **bad)
+
+
+def test_vit_macs_counts_what_flop_counter_counts():
+    """Blocks and head on N tokens, then on M pooled tokens (pooling and bilinear resizing are not
+    GEMMs, so flop_counter sees exactly the blocks and the head).  The CPU's fused attention kernel
+    is invisible to flop_counter, so attention runs on the math backend (two bmm) here."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+    model, x = _vit(), torch.randn(1, 1, 64, 64)
+    grid = model.embed(x)[1]
+    stem = FlopCounterMode(display=False)
+    with stem, torch.no_grad():
+        model.stem(x)
+    for e in (None, E.ExpediteConfig(alpha=3, clusters=(6, 6), reduce="pool", restore="bilinear"),
+              E.ExpediteConfig(alpha=3, beta=2, clusters=(6, 6), reduce="pool", restore="bilinear")):
+        counter = FlopCounterMode(display=False)
+        with counter, torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
+            model(x, expedite=e)
+        want = E.vit_macs(model.cfg, grid, e)
+        assert (counter.get_total_flops() - stem.get_total_flops()) // 2 == want["blocks"] + want["head"], e

@@ -60,6 +60,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..data.digitscenes import SceneConfig
+from ..kernels.token_clustering import initial_cells, local_em, topk_reconstruction, topk_weights_reference
 from ..nn import DropPath
 from ..nn.checks import check_images, check_model_args
 from ..registry import register_variants
@@ -90,19 +92,6 @@ def _work_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 # ============================================================================ geometry
-def initial_cells(grid: tuple[int, int], clusters: tuple[int, int], device=None) -> torch.Tensor:
-    """l(i) of eq. (5.2): the h x w cell of every token of the H x W grid, (N,) int64, row-major.
-
-    Token (y, x) gets cell (floor(y h / H), floor(x w / W)): what nearest resizing of the h x w
-    index image to H x W gives (``F.interpolate(mode="nearest")``)."""
-    (hh, ww), (h, w) = grid, clusters
-    if h > hh or w > ww:
-        raise ValueError(f"a {h}x{w} cluster grid is finer than the {hh}x{ww} token grid")
-    u = torch.arange(hh, device=device) * h // hh
-    v = torch.arange(ww, device=device) * w // ww
-    return (u[:, None] * w + v[None, :]).flatten()
-
-
 def locality_mask(grid: tuple[int, int], clusters: tuple[int, int], lam: int = 5, device=None) -> torch.Tensor:
     """A of eq. (5.2): (N, M) bool, token i may join centre j when their cells are at most
     lambda // 2 apart along both grid axes.  lambda must be odd."""
@@ -152,33 +141,6 @@ def free_energy(x: torch.Tensor, c: torch.Tensor, q: torch.Tensor, t: float) -> 
     return (q * squared_distances(x, c)).sum(dim=(1, 2)) + entropy_term / t
 
 
-def _local_em(x: torch.Tensor, c: torch.Tensor, cells: torch.Tensor, clusters: tuple[int, int], lam: int,
-              t: float, iters: int) -> torch.Tensor:
-    """(5.3)-(5.4) touching only each token's lambda^2 candidate centres: O(N lambda^2 C) per
-    iteration instead of the dense O(N M C).
-
-    The candidates of a cell are ``F.unfold`` of the centre map (a gather; slots off the grid are
-    masked), and the M-step sends every token's weighted features back to the centres with
-    ``F.fold``, unfold's adjoint (a scatter-add), after summing them per cell with one
-    ``index_add_`` over the tokens."""
-    (h, w), r, k2 = clusters, lam // 2, lam * lam
-    b, n, ch = x.shape
-    m = h * w
-    on_grid = F.unfold(torch.ones(1, 1, h, w, dtype=x.dtype, device=x.device), lam, padding=r)[0] > 0  # (k2, M)
-    valid = on_grid.t()[cells]                                                      # (N, k2)
-    for _ in range(iters):
-        cand = F.unfold(c.transpose(1, 2).reshape(b, ch, h, w), lam, padding=r)    # (B, C k2, M)
-        cand = cand.reshape(b, ch, k2, m).permute(0, 3, 2, 1)[:, cells]             # (B, N, k2, C)
-        d = ((x[:, :, None, :] - cand) ** 2).sum(-1)                                # (B, N, k2)
-        q = (-t * d).masked_fill(~valid, float("-inf")).softmax(dim=-1)             # (B, N, k2)
-        contrib = torch.cat([q[..., None] * x[:, :, None, :], q[..., None]], dim=-1)   # (B, N, k2, C + 1)
-        per_cell = x.new_zeros(b, m, k2, ch + 1).index_add_(1, cells, contrib)    # (B, M, k2, C + 1)
-        sums = F.fold(per_cell.permute(0, 3, 2, 1).reshape(b, (ch + 1) * k2, m), (h, w), lam, padding=r)
-        sums = sums.flatten(2).transpose(1, 2)                                      # (B, M, C + 1)
-        c = sums[..., :ch] / sums[..., ch:].clamp_min(1e-16)
-    return c
-
-
 def token_clustering(x: torch.Tensor, grid: tuple[int, int], clusters: tuple[int, int], *, lam: int = 5,
                      iters: int = 5, t: float | None = 0.02, tau: float | None = None,
                      return_assignments: bool = False, impl: str = "dense"):
@@ -188,8 +150,10 @@ def token_clustering(x: torch.Tensor, grid: tuple[int, int], clusters: tuple[int
     divide by it (the DINO port's convention, tau = 1 / t).  ``iters`` = kappa, ``lam`` = lambda.
     ``impl="dense"`` is the official formulation (all N x M distances, the disallowed ones
     masked); ``impl="local"`` computes the same centres from each token's lambda^2 candidates
-    only (:func:`_local_em`).  With ``return_assignments`` (dense only), also returns the last
-    Q (B, N, M) of (5.3), the one the returned centres were averaged with.
+    only: the ``hrvit_edu::local_em`` op (Triton kernels when usable, else
+    :func:`~hrvit_edu.kernels.token_clustering.local_em_reference`).  With ``return_assignments``
+    (dense only), also returns the last Q (B, N, M) of (5.3), the one the returned centres were
+    averaged with.
     """
     if impl not in ("dense", "local"):
         raise ValueError(f"impl must be 'dense' (official) or 'local', got {impl!r}")
@@ -210,7 +174,7 @@ def token_clustering(x: torch.Tensor, grid: tuple[int, int], clusters: tuple[int
     xf = x.to(_work_dtype(x))
     c = avgpool_tokens(xf, (hh, ww), (h, w))
     if impl == "local":
-        return _local_em(xf, c, initial_cells((hh, ww), (h, w), x.device), (h, w), lam, t, iters).to(x.dtype)
+        return local_em(xf, c, [hh, ww], [h, w], lam, float(t), iters).to(x.dtype)
     for _ in range(iters):
         q = assignments(xf, c, allowed, t)
         c = update_centres(xf, q)
@@ -234,24 +198,25 @@ def reconstruction_weights(x_a: torch.Tensor, c_a: torch.Tensor, *, t: float = 0
         raise ValueError(f"x_a {tuple(x_a.shape)} and c_a {tuple(c_a.shape)} need the same batch and width")
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
-    d = squared_distances(x_a.to(_work_dtype(x_a)), c_a.to(_work_dtype(x_a)))
-    if stabilise:
-        d = d - d.amin(dim=-1, keepdim=True)
-    wgt = torch.exp(-t * d)
-    kth = wgt.topk(min(k, wgt.shape[-1]), dim=-1).values[..., -1:]
-    wgt = torch.where(wgt >= kth, wgt, torch.zeros_like(wgt))               # ties at the k-th kept
-    if norm == "l2":
-        return F.normalize(wgt, p=2, dim=-1, eps=1e-12)
-    return wgt / wgt.sum(dim=-1, keepdim=True).clamp_min(1e-12)
+    return topk_weights_reference(x_a, c_a, t, k, norm, stabilise)
 
 
 def token_reconstruction(x_a: torch.Tensor, c_a: torch.Tensor, c_hat: torch.Tensor, *, t: float = 0.02,
-                         k: int = 20, norm: str = "l2", stabilise: bool = True) -> torch.Tensor:
+                         k: int = 20, norm: str = "l2", stabilise: bool = True, impl: str = "dense") -> torch.Tensor:
     """Eq. (5.8): N tokens (B, N, C') from the M refined centres ``c_hat`` (B, M, C'), with the
-    weights of (5.6)-(5.7) computed from the layer-alpha ``x_a`` and ``c_a``."""
+    weights of (5.6)-(5.7) computed from the layer-alpha ``x_a`` and ``c_a``.
+
+    ``impl="dense"`` forms W (B, N, M) as the official code; ``impl="local"`` calls the
+    ``hrvit_edu::topk_reconstruction`` op (the fused Triton kernel when usable; always stabilised)."""
     _tokens(c_hat, "c_hat")
+    if impl not in ("dense", "local"):
+        raise ValueError(f"impl must be 'dense' (official) or 'local', got {impl!r}")
     if c_hat.shape[:2] != c_a.shape[:2]:
         raise ValueError(f"c_hat {tuple(c_hat.shape)} must hold the same (B, M) centres as c_a {tuple(c_a.shape)}")
+    if impl == "local":
+        if not stabilise:
+            raise ValueError("impl='local' always stabilises (the kernel subtracts the row minimum)")
+        return topk_reconstruction(x_a, c_a, c_hat, float(t), int(k), norm)
     wgt = reconstruction_weights(x_a, c_a, t=t, k=k, norm=norm, stabilise=stabilise)
     return (wgt @ c_hat.to(wgt.dtype)).to(c_hat.dtype)
 
@@ -288,6 +253,12 @@ class ExpediteConfig:
     on the centres and the *logits* are reconstructed (the official Segmenter placement);
     otherwise the tokens are reconstructed after block alpha + beta and the remaining gamma
     blocks run at full resolution.
+
+    ``reduce`` / ``restore`` pick the method or a baseline: "cluster" (eqs. 5.1-5.4) or "pool"
+    (average pooling only); "topk" (eqs. 5.6-5.8), "bilinear" or "unpool" (naive unpooling by
+    hard labels).  With ``window`` = s, the H x W grid is cut into s x s windows and each window
+    is clustered to its own ``clusters`` grid and reconstructed from its own centres (the Swin /
+    SAM extension); the reduced map tiles the windows' cluster grids.
     """
     alpha: int
     clusters: tuple[int, int]
@@ -297,6 +268,78 @@ class ExpediteConfig:
     t: float = 0.02
     k: int = 20
     norm: str = "l2"
+    impl: str = "local"      # "local": the local EM + fused top-k ops | "dense": the official N x M form
+    reduce: str = "cluster"  # "cluster" | "pool"
+    restore: str = "topk"    # "topk" | "bilinear" | "unpool"
+    window: int | None = None
+
+    def __post_init__(self):
+        for name, value, allowed in (("reduce", self.reduce, ("cluster", "pool")),
+                                     ("restore", self.restore, ("topk", "bilinear", "unpool")),
+                                     ("impl", self.impl, ("local", "dense")), ("norm", self.norm, NORMS)):
+            if value not in allowed:
+                raise ValueError(f"ExpediteConfig: {name} must be one of {allowed}, got {value!r}")
+        if self.window is not None and self.window < 1:
+            raise ValueError(f"ExpediteConfig: window must be a positive number of tokens, got {self.window}")
+
+    def reduced_grid(self, grid: tuple[int, int]) -> tuple[int, int]:
+        """The token grid the beta layers see."""
+        if self.window is None:
+            return tuple(self.clusters)
+        s = self.window
+        if grid[0] % s or grid[1] % s:
+            raise ValueError(f"ExpediteConfig: a {grid[0]}x{grid[1]} token grid does not split into "
+                             f"{s}x{s} windows")
+        return grid[0] // s * self.clusters[0], grid[1] // s * self.clusters[1]
+
+
+def _to_windows(x: torch.Tensor, grid: tuple[int, int], s: tuple[int, int]) -> torch.Tensor:
+    """(B, H W, C) -> (B nW, sh sw, C): every sh x sw window a batch entry (row-major windows)."""
+    b, _, c = x.shape
+    (h, w), (sh, sw) = grid, s
+    x = x.reshape(b, h // sh, sh, w // sw, sw, c).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, sh * sw, c)
+
+
+def _from_windows(x: torch.Tensor, b: int, grid: tuple[int, int], s: tuple[int, int]) -> torch.Tensor:
+    """Inverse of :func:`_to_windows` for windows of s = (sh, sw) tokens tiling ``grid``."""
+    (h, w), (sh, sw), c = grid, s, x.shape[-1]
+    x = x.reshape(b, h // sh, w // sw, sh, sw, c).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, h * w, c)
+
+
+def reduce_tokens(x: torch.Tensor, grid: tuple[int, int], e: ExpediteConfig):
+    """The clustering layer (or the pooling baseline) of ``e``: (B, N, C) -> ((B, M, C), state),
+    where ``state`` is what :func:`restore_tokens` needs."""
+    b = x.shape[0]
+    if e.window is None:
+        g, xw, clusters = grid, x, tuple(e.clusters)
+    else:
+        e.reduced_grid(grid)
+        g, clusters = (e.window, e.window), tuple(e.clusters)
+        xw = _to_windows(x, grid, g)
+    if e.reduce == "cluster":
+        c = token_clustering(xw, g, clusters, lam=e.lam, iters=e.iters, t=e.t, impl=e.impl)
+    else:
+        c = avgpool_tokens(xw, g, clusters)
+    state = (xw, c, g, clusters, grid, b)
+    if e.window is not None:
+        c = _from_windows(c, b, e.reduced_grid(grid), clusters)
+    return c, state
+
+
+def restore_tokens(c_hat: torch.Tensor, state, e: ExpediteConfig) -> torch.Tensor:
+    """The reconstruction layer (or a baseline) of ``e``: (B, M, C') -> (B, N, C')."""
+    xw, c_a, g, clusters, grid, b = state
+    if e.window is not None:
+        c_hat = _to_windows(c_hat, e.reduced_grid(grid), clusters)
+    if e.restore == "topk":
+        out = token_reconstruction(xw, c_a, c_hat, t=e.t, k=e.k, norm=e.norm, impl=e.impl)
+    elif e.restore == "bilinear":
+        out = bilinear_reconstruction(c_hat, clusters, g)
+    else:
+        out = naive_unpooling(c_hat, hard_labels(xw, c_a))
+    return out if e.window is None else _from_windows(out, b, grid, g)
 
 
 class ViTBlock(nn.Module):
@@ -331,6 +374,7 @@ class ViTSegConfig:
     mlp_ratio: float = 4.0
     patch: int = 4                   # token stride
     stem: str = "conv"               # "conv": 3x3 stride-2 convs down to the patch stride | "patch": one p x p conv
+                                     # | "hybrid": each stride-2 conv followed by a stride-1 3x3 conv (BN, GELU)
     pos_grid: int = 16               # learned positional table, bicubically resized to other token grids
     cls_token: bool = True           # kept aside by clustering and reconstruction, as in Segmenter
     drop_path: float = 0.0
@@ -346,9 +390,9 @@ class ViTSegmenter(nn.Module):
 
     def __init__(self, cfg: ViTSegConfig, *, num_classes: int, in_chans: int):
         check_model_args("ViTSegmenter", num_classes, in_chans)
-        if cfg.stem not in ("conv", "patch"):
-            raise ValueError(f"ViTSegmenter: stem must be 'conv' or 'patch', got {cfg.stem!r}")
-        if cfg.stem == "conv" and (cfg.patch < 2 or cfg.patch & (cfg.patch - 1)):
+        if cfg.stem not in ("conv", "patch", "hybrid"):
+            raise ValueError(f"ViTSegmenter: stem must be 'conv', 'hybrid' or 'patch', got {cfg.stem!r}")
+        if cfg.stem != "patch" and (cfg.patch < 2 or cfg.patch & (cfg.patch - 1)):
             raise ValueError(f"ViTSegmenter: the conv stem halves the map, so patch must be a power of 2, "
                              f"got {cfg.patch}")
         super().__init__()
@@ -360,7 +404,11 @@ class ViTSegmenter(nn.Module):
             layers, c_in, n = [], in_chans, int(math.log2(cfg.patch))
             for i in range(n):
                 c_out = d if i == n - 1 else max(d // 2 ** (n - 1 - i), 16)
-                layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1)]
+                if cfg.stem == "hybrid":            # a small convolutional front end (as DPT's ViT-Hybrid)
+                    layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1), nn.BatchNorm2d(c_out), nn.GELU(),
+                               nn.Conv2d(c_out, c_out, 3, padding=1)]
+                else:
+                    layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1)]
                 if i < n - 1:
                     layers += [nn.BatchNorm2d(c_out), nn.GELU()]
                 c_in = c_out
@@ -405,26 +453,96 @@ class ViTSegmenter(nn.Module):
             tokens = blk(tokens)
             if e is not None and i == e.alpha:                              # cluster, eqs. (5.1)-(5.4)
                 cls, x_a = self._split(tokens)
-                c_a = token_clustering(x_a, grid, e.clusters, lam=e.lam, iters=e.iters, t=e.t)
-                tokens, cur, saved = self._join(cls, c_a), tuple(e.clusters), (x_a, c_a)
+                c_a, saved = reduce_tokens(x_a, grid, e)
+                tokens, cur = self._join(cls, c_a), e.reduced_grid(grid)
             if e is not None and e.beta is not None and i == e.alpha + e.beta:   # reconstruct, (5.6)-(5.8)
                 cls, c_hat = self._split(tokens)
-                tokens = self._join(cls, token_reconstruction(*saved, c_hat, t=e.t, k=e.k, norm=e.norm))
-                cur, saved = grid, None
+                tokens, cur, saved = self._join(cls, restore_tokens(c_hat, saved, e)), grid, None
         feats = self.norm(self._split(tokens)[1])                           # (B, N or M, C)
         if self.head is None:
             return feats.transpose(1, 2).reshape(b, -1, *cur)
         logits = self.head(feats)                                           # (B, N or M, K)
         if saved is not None:                                               # Segmenter: reconstruct the logits
-            logits = token_reconstruction(*saved, logits, t=e.t, k=e.k, norm=e.norm)
+            logits = restore_tokens(logits, saved, e)
         logits = logits.transpose(1, 2).reshape(b, -1, *grid)
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
+class Expedited(nn.Module):
+    """A trained :class:`ViTSegmenter` that always runs with one :class:`ExpediteConfig`: what the
+    training engine's ``evaluate`` and the benchmarks call.  Shares (does not copy) the weights."""
+
+    def __init__(self, model: ViTSegmenter, expedite: ExpediteConfig | None):
+        super().__init__()
+        self.model, self.expedite = model, expedite
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x, expedite=self.expedite)
+
+
+def vit_macs(cfg: ViTSegConfig, grid: tuple[int, int], expedite: ExpediteConfig | None = None,
+             num_classes: int = 11) -> dict[str, int]:
+    """Multiply-accumulates of the transformer blocks, clustering, reconstruction and head of a
+    :class:`ViTSegmenter` on an H x W token grid (the stem and the final resize left out).
+
+    A block on n tokens (CLS included) of width C costs (4 + 2 r) n C^2 (qkv 3, proj 1, MLP 2r)
+    plus 2 n^2 C (Q K^T and A V): 12 n C^2 + 2 n^2 C at r = 4.  Clustering costs kappa E-steps and
+    M-steps over the allowed pairs (dense: every N x M pair, as the official code; local: the
+    lambda^2 candidates), 2 C MACs per pair and iteration; reconstruction N M C for the distances
+    plus N k C' for the weighted sum."""
+    n = grid[0] * grid[1]
+    c, cls = cfg.dim, int(cfg.cls_token)
+
+    def block(tokens):
+        return int((4 + 2 * cfg.mlp_ratio) * tokens * c * c + 2 * tokens * tokens * c)
+
+    out = {"blocks": 0, "clustering": 0, "reconstruction": 0, "head": 0}
+    cur = n
+    e = expedite
+    for i in range(1, cfg.depth + 1):
+        out["blocks"] += block(cur + cls)
+        if e is not None and i == e.alpha:
+            m = e.clusters[0] * e.clusters[1]
+            pairs = n * m if e.impl == "dense" else n * min(e.lam * e.lam, m)
+            out["clustering"] += 2 * e.iters * pairs * c
+            cur = m
+        if e is not None and e.beta is not None and i == e.alpha + e.beta:
+            out["reconstruction"] += n * cur * c + n * min(e.k, cur) * c
+            cur = n
+    out["head"] = cur * c * num_classes
+    if e is not None and cur != n:                                       # Segmenter: logits reconstructed
+        out["reconstruction"] += n * cur * c + n * min(e.k, cur) * num_classes
+    out["total"] = sum(out.values())
+    return out
+
+
+EVAL_CANVAS = 128        # chapter 05's study scenes: 4x the training area, digits at the training scale
+
+
+def study_scenes(config: SceneConfig, canvas: int = EVAL_CANVAS, num_test: int | None = None) -> SceneConfig:
+    """The scenes the expedite study runs on: ``config``'s digits (same sizes, intensities,
+    background) on a ``canvas`` x ``canvas`` image, with the digit count scaled by the area ratio
+    so the scenes are as busy as the training ones.  A model with a stride-4 stem sees a
+    (canvas / 4)^2 token grid: where attention dominates the cost."""
+    area = (canvas / config.canvas) ** 2
+    lo, hi = config.digits_per_scene
+    return dataclasses.replace(config, canvas=canvas, digits_per_scene=(max(1, round(lo * area)), round(hi * area)),
+                               num_test=num_test or config.num_test)
+
+
+def paper_placement(cfg: ViTSegConfig, grid: tuple[int, int], **kw) -> ExpediteConfig:
+    """The official Segmenter ADE20K default scaled to this model: cluster after block
+    alpha = round(10 / 24 L) into h x w with h w / (H W) = 28^2 / 40^2 (each side x 0.7)."""
+    alpha = max(1, round(10 / 24 * cfg.depth))
+    clusters = tuple(max(1, round(s * 28 / 40)) for s in grid)
+    return ExpediteConfig(alpha=alpha, clusters=clusters, **kw)
+
+
 VARIANTS = {
-    # A plain ViT for DigitScenes (64 x 64) on 2 CPU cores: patch stride 4 (a 16 x 16 token grid,
-    # so attention is the dominant cost), conv stem, 8 blocks of width 96.
-    "textbook": ViTSegConfig(),
+    # A plain ViT for DigitScenes on 2 CPU cores: a hybrid conv stem to stride 4 (a 16 x 16 token
+    # grid at the 64 x 64 training size, 32 x 32 on chapter 05's 128 x 128 study scenes, where
+    # attention is ~3/4 of every block), 8 blocks of width 64, 2 heads.
+    "textbook": ViTSegConfig(dim=64, heads=2, stem="hybrid"),
 }
 
 register_variants("vit_seg", paper="expedite", model_cls=ViTSegmenter, variants=VARIANTS, title="ViT segmenter")

@@ -183,3 +183,40 @@ def column_lse_launcher(x, k):
     column_lse_kernel_no_max[(b, triton.cdiv(m, 16))](x.contiguous(), k.contiguous(), out, n, c, m, BN=16, BM=16,
                                                       BC=16)
     return out
+
+
+@triton.jit
+def em_assign_kernel_on_grid_only(X, CEN, Q, N, C, H, W, h, w, t, LAM: tl.constexpr, S2: tl.constexpr,
+                                  BN: tl.constexpr, BC: tl.constexpr):
+    """The local E-step, storing only the on-grid slots (the off-grid ones keep whatever Q held)."""
+    b = tl.program_id(0)
+    i = tl.program_id(1) * BN + tl.arange(0, BN)
+    tok = i < N
+    u, v = (i // W) * h // H, (i % W) * w // W
+    s = tl.arange(0, S2)
+    cu = u[:, None] + (s // LAM)[None, :] - LAM // 2
+    cv = v[:, None] + (s % LAM)[None, :] - LAM // 2
+    ok = tok[:, None] & (s < LAM * LAM)[None, :] & (cu >= 0) & (cu < h) & (cv >= 0) & (cv < w)
+    j = tl.where(ok, cu * w + cv, 0)
+    d = tl.zeros((BN, S2), dtype=tl.float32)
+    for c0 in range(0, C, BC):
+        cc = c0 + tl.arange(0, BC)
+        xv = tl.load(X + b * N * C + i[:, None] * C + cc[None, :], mask=tok[:, None] & (cc < C)[None, :],
+                     other=0.0).to(tl.float32)
+        cen = tl.load(CEN + b * h * w * C + j[:, :, None] * C + cc[None, None, :],
+                      mask=ok[:, :, None] & (cc < C)[None, None, :], other=0.0).to(tl.float32)
+        d += tl.sum((xv[:, None, :] - cen) * (xv[:, None, :] - cen), axis=2)
+    logit = tl.where(ok, -t * d, -1e30)
+    e = tl.where(ok, tl.exp(logit - tl.max(logit, axis=1)[:, None]), 0.0)
+    q = e / tl.maximum(tl.sum(e, axis=1), 1e-30)[:, None]
+    tl.store(Q + b * N * LAM * LAM + i[:, None] * LAM * LAM + s[None, :], q, mask=ok)
+
+
+def em_assign_launcher(kernel):
+    def em_assign(x, c, grid, clusters, lam, t):
+        b, n, ch = x.shape
+        q = torch.zeros(b, n, lam * lam, dtype=torch.float32)
+        kernel[(b, triton.cdiv(n, 16))](x, c, q, n, ch, grid[0], grid[1], clusters[0], clusters[1], float(t),
+                                        LAM=lam, S2=32, BN=16, BC=16)
+        return q
+    return em_assign

@@ -124,6 +124,8 @@ def _sgrad_last_axis(y, dy, dim=-1):
 from grading_kernels import (  # noqa: E402
     column_lse_kernel_no_max,
     column_lse_launcher,
+    em_assign_kernel_on_grid_only,
+    em_assign_launcher,
     l2_kernel_l1,
     l2_kernel_no_eps,
     l2_kernel_ok,
@@ -343,7 +345,63 @@ def _keys_min(h, w, s):                           # assumes a pixel per bin when
     return min(h, s) * min(w, s)
 
 
+# ------------------------------------------------------------------ chapter 05 wrong answers
+def _loc_round(grid, clusters, lam):                  # rounds the cell coordinate instead of flooring
+    (hh, ww), (h, w), r = grid, clusters, lam // 2
+    u = torch.round(torch.arange(hh) * h / hh).long()[:, None].expand(hh, ww).flatten()
+    v = torch.round(torch.arange(ww) * w / ww).long()[None, :].expand(hh, ww).flatten()
+    cu, cv = torch.arange(h * w) // w, torch.arange(h * w) % w
+    return ((u[:, None] - cu[None, :]).abs() <= r) & ((v[:, None] - cv[None, :]).abs() <= r)
+
+
+def _em_naive_exp(x, c, allowed, t):                   # exp without the max shift: underflows to 0 / 0
+    d = ((x[:, :, None, :] - c[:, None, :, :]) ** 2).sum(-1)
+    e = torch.exp(-t * d) * allowed
+    q = e / e.sum(-1, keepdim=True)
+    return q, (q.transpose(1, 2) @ x) / q.sum(1).clamp_min(1e-16)[..., None]
+
+
+def _em_no_clamp(x, c, allowed, t):                    # 0 / 0 for a centre nobody may join
+    d = ((x[:, :, None, :] - c[:, None, :, :]) ** 2).sum(-1)
+    q = (-t * d).masked_fill(~allowed, float("-inf")).softmax(-1)
+    return q, (q.transpose(1, 2) @ x) / q.sum(1)[..., None]
+
+
+def _tk_unstabilised(x_a, c_a, t, k, norm):             # the official code: rows can underflow
+    d = ((x_a[:, :, None, :] - c_a[:, None, :, :]) ** 2).sum(-1)
+    w = torch.exp(-t * d)
+    kth = w.topk(min(k, w.shape[-1]), dim=-1).values[..., -1:]
+    w = torch.where(w >= kth, w, torch.zeros_like(w))
+    return w / (w.norm(dim=-1, keepdim=True) if norm == "l2" else w.sum(-1, keepdim=True))
+
+
+def _tk_exactly_k(x_a, c_a, t, k, norm):                # scatter of topk indices: ties beyond k dropped
+    d = ((x_a[:, :, None, :] - c_a[:, None, :, :]) ** 2).sum(-1)
+    w = torch.exp(-t * (d - d.amin(-1, keepdim=True)))
+    top = w.topk(min(k, w.shape[-1]), dim=-1)
+    w = torch.zeros_like(w).scatter(-1, top.indices, top.values)
+    return w / (w.norm(dim=-1, keepdim=True) if norm == "l2" else w.sum(-1, keepdim=True))
+
+
+def _mf_no_cls(depth, alpha, n, m, c):                  # forgets the CLS token
+    blk = lambda t: 12 * t * c * c + 2 * t * t * c      # noqa: E731
+    return (alpha * blk(n) + (depth - alpha) * blk(m)) / (depth * blk(n))
+
+
+def _mf_no_attention(depth, alpha, n, m, c):            # counts only the 12 n C^2 term
+    return (alpha * (n + 1) + (depth - alpha) * (m + 1)) / (depth * (n + 1))
+
+
 WRONG = [
+    ("expedite.locality", _loc_round, "integer floor division"),
+    ("expedite.em_step", _em_naive_exp, "exp of a large number"),
+    ("expedite.em_step", _em_no_clamp, "a centre no token may join"),
+    ("expedite.topk_weights", _tk_unstabilised, "distances that underflow"),
+    ("expedite.topk_weights", _tk_exactly_k, "ties kept"),
+    ("expedite.assign_kernel", (em_assign_launcher(em_assign_kernel_on_grid_only), em_assign_kernel_on_grid_only),
+     "store 0 for slots off the grid"),
+    ("expedite.macs_fraction", _mf_no_cls, "CLS token"),
+    ("expedite.macs_fraction", _mf_no_attention, "do not drop it"),
     ("rtformer.double_norm", _dn_over_slots, "softmax over the N positions"),
     ("rtformer.double_norm", _dn_no_eps, "group sum + eps"),
     ("rtformer.double_norm", _dn_ignores_groups, "M/G consecutive slots"),

@@ -42,8 +42,9 @@ def test_local_reference_equals_the_dense_official_em(grid, clusters, lam):
     x = torch.randn(2, grid[0] * grid[1], 7, generator=gen, dtype=torch.float64)
     c0 = E.avgpool_tokens(x, grid, clusters)
     dense = E.token_clustering(x, grid, clusters, lam=lam, t=0.4, iters=3)
-    local = K.local_em_reference(x, c0, grid, clusters, lam=lam, t=0.4, iters=3)
-    torch.testing.assert_close(local, dense, atol=1e-10, rtol=1e-10)
+    for tile in (1, 2, 4):                                  # per cell, and blocks of cells with halos
+        local = K.local_em_reference(x, c0, grid, clusters, lam=lam, t=0.4, iters=3, tile=tile)
+        torch.testing.assert_close(local, dense, atol=1e-10, rtol=1e-10)
 
 
 @needs_triton

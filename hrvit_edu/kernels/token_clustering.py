@@ -29,6 +29,8 @@ algorithm as batched GEMMs per cell, no N x M tensor) and :func:`topk_reconstruc
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -87,37 +89,82 @@ def _check_em(x, c, grid, clusters, lam, t, iters):
 
 
 # ------------------------------------------------------------------------------ references
-def local_em_reference(x: torch.Tensor, c: torch.Tensor, grid: tuple[int, int], clusters: tuple[int, int],
-                       lam: int = 5, t: float = 0.02, iters: int = 5) -> torch.Tensor:
-    """kappa = ``iters`` local EM iterations in torch, from centres ``c`` (B, M, C); returns the
-    centres, computed in fp32 (fp64 stays fp64) and cast back to x's dtype.
+@functools.lru_cache(maxsize=64)
+def _tile_plan(grid: tuple[int, int], clusters: tuple[int, int], lam: int, tile: int):
+    """Index tensors of the tiled local EM (CPU; moved to the data's device by the caller).
 
-    Tokens are grouped by cell (:func:`cell_members`, (B, M, S, C)); the lambda^2 candidates of
-    every cell are ``F.unfold`` of the centre map (B, M, lambda^2, C; slots off the grid masked).
-    The E-step is one batched GEMM per cell, ||x||^2 + ||c||^2 - 2 (S, C) @ (C, lambda^2); the
-    M-step the transposed GEMM Q^T X, (lambda^2, S) @ (S, C), sent back to the centres by ``F.fold``
-    (unfold's adjoint: a scatter-add with a fixed pattern).  Never forms an N x M tensor."""
+    The h x w cell grid is cut into tile x tile blocks of cells.  A block's tokens form one pixel
+    rectangle (cells are contiguous row / column ranges), padded to S tokens; its *halo* is the
+    (tile + 2r)^2 cells that any of them may join (index M = a dummy zero centre off the grid).
+    ``slot[b, s, k]`` says where token s's k-th candidate sits in its block's halo."""
+    (hh, ww), (h, w), r = grid, clusters, lam // 2
+    side = tile + 2 * r
+    bands_u = [(u0, min(u0 + tile, h)) for u0 in range(0, h, tile)]
+    bands_v = [(v0, min(v0 + tile, w)) for v0 in range(0, w, tile)]
+    rows = lambda u0, u1: range(-(-u0 * hh // h), -(-u1 * hh // h))              # noqa: E731
+    cols = lambda v0, v1: range(-(-v0 * ww // w), -(-v1 * ww // w))              # noqa: E731
+    s_max = max(len(rows(*bu)) for bu in bands_u) * max(len(cols(*bv)) for bv in bands_v)
+    tokens, valid, halo, slot, ok = [], [], [], [], []
+    du = torch.arange(lam * lam) // lam - r
+    dv = torch.arange(lam * lam) % lam - r
+    for u0, u1 in bands_u:
+        for v0, v1 in bands_v:
+            ys, xs = torch.meshgrid(torch.tensor(list(rows(u0, u1))), torch.tensor(list(cols(v0, v1))), indexing="ij")
+            ys, xs = ys.flatten(), xs.flatten()
+            n_t = ys.numel()
+            pad = s_max - n_t
+            tokens.append(torch.cat([ys * ww + xs, torch.zeros(pad, dtype=torch.long)]))
+            valid.append(torch.arange(s_max) < n_t)
+            hu = torch.arange(u0 - r, u0 - r + side)
+            hv = torch.arange(v0 - r, v0 - r + side)
+            on = ((hu >= 0) & (hu < h))[:, None] & ((hv >= 0) & (hv < w))[None, :]
+            halo.append(torch.where(on, hu[:, None] * w + hv[None, :], h * w).flatten())
+            u, v = ys * h // hh, xs * w // ww                                   # each token's cell
+            cu, cv = u[:, None] + du[None, :], v[:, None] + dv[None, :]         # (n_t, k2) candidates
+            sl = (cu - (u0 - r)) * side + (cv - (v0 - r))
+            good = (cu >= 0) & (cu < h) & (cv >= 0) & (cv < w)
+            slot.append(torch.cat([sl, torch.zeros(pad, lam * lam, dtype=torch.long)]))
+            ok.append(torch.cat([good, torch.zeros(pad, lam * lam, dtype=torch.bool)]))
+    return (torch.stack(tokens), torch.stack(valid), torch.stack(halo), torch.stack(slot), torch.stack(ok))
+
+
+def local_em_reference(x: torch.Tensor, c: torch.Tensor, grid: tuple[int, int], clusters: tuple[int, int],
+                       lam: int = 5, t: float = 0.02, iters: int = 5, tile: int = 4) -> torch.Tensor:
+    """kappa = ``iters`` local EM iterations in torch, from centres ``c`` (B, M, C); returns the
+    centres, computed in fp32 (fp64 stays fp64).
+
+    The kernels' idea in torch: cut the h x w cell grid into ``tile`` x ``tile`` blocks of cells
+    (:func:`_tile_plan`).  A block's S tokens can only join the (tile + 2r)^2 centres of its halo,
+    so one small dense GEMM per block, (S, C) @ (C, halo), holds every distance they need
+    (||x||^2 + ||c||^2 - 2 x . c); each token then picks its lambda^2 slots from it (a gather),
+    takes the softmax (5.3), and the M-step is the transposed GEMM per block, Q^T X, scatter-added
+    over the blocks' halos (``index_add_``; halos overlap).  Work per iteration: ~N (tile + 2r)^2 C
+    instead of N M C, in GEMMs large enough to run at full speed; never an N x M tensor.
+    ``tile=1`` is the per-cell form (halo = the lambda^2 candidates)."""
     _check_em(x, c, grid, clusters, lam, t, iters)
+    if tile < 1:
+        raise ValueError(f"local_em_reference: tile must be >= 1, got {tile}")
     work = torch.float64 if x.dtype == torch.float64 else torch.float32
     x, c = x.to(work), c.to(work)
-    (h, w), r, k2 = clusters, lam // 2, lam * lam
     b, _, ch = x.shape
-    m = h * w
-    members, valid = cell_members(grid, clusters, x.device)                     # (M, S)
-    live = valid[None, :, :, None].to(work)                                     # (1, M, S, 1)
-    xs = x[:, members] * live                                                   # (B, M, S, C), padding 0
-    x2 = (xs * xs).sum(-1, keepdim=True)                                        # (B, M, S, 1)
-    on_grid = F.unfold(torch.ones(1, 1, h, w, dtype=work, device=x.device), lam, padding=r)[0].t() > 0
+    m = clusters[0] * clusters[1]
+    tokens, valid, halo, slot, ok = (v.to(x.device) for v in _tile_plan(tuple(grid), tuple(clusters), lam, tile))
+    n_tiles, s_max, n_halo = tokens.shape[0], tokens.shape[1], halo.shape[1]
+    live = valid[None, :, :, None].to(work)                                     # (1, T, S, 1)
+    xt = x[:, tokens] * live                                                    # (B, T, S, C), padding 0
+    x2 = (xt * xt).sum(-1, keepdim=True)                                        # (B, T, S, 1)
+    slot_b = slot[None].expand(b, -1, -1, -1)                                   # (B, T, S, k2)
     for _ in range(iters):
-        cmap = c.transpose(1, 2).reshape(b, ch, h, w)
-        cand = F.unfold(cmap, lam, padding=r).reshape(b, ch, k2, m).permute(0, 3, 2, 1)   # (B, M, k2, C)
-        c2 = (cand * cand).sum(-1)[:, :, None, :]                               # (B, M, 1, k2)
-        d = (x2 + c2 - 2 * xs @ cand.transpose(-1, -2)).clamp_min(0)           # (B, M, S, k2)
-        q = (-t * d).masked_fill(~on_grid[:, None, :], float("-inf")).softmax(dim=-1) * live
-        per_cell = torch.cat([q.transpose(-1, -2) @ xs, q.sum(2)[..., None]], dim=-1)   # (B, M, k2, C + 1)
-        sums = F.fold(per_cell.permute(0, 3, 2, 1).reshape(b, (ch + 1) * k2, m), (h, w), lam, padding=r)
-        sums = sums.flatten(2).transpose(1, 2)                                  # (B, M, C + 1)
-        c = sums[..., :ch] / sums[..., ch:].clamp_min(1e-16)
+        cand = torch.cat([c, c.new_zeros(b, 1, ch)], dim=1)[:, halo]            # (B, T, halo, C)
+        c2 = (cand * cand).sum(-1)[:, :, None, :]                               # (B, T, 1, halo)
+        d_all = x2 + c2 - 2 * xt @ cand.transpose(-1, -2)                       # (B, T, S, halo)
+        d = d_all.gather(-1, slot_b).clamp_min(0)                               # (B, T, S, k2)
+        q = (-t * d).masked_fill(~ok, float("-inf")).softmax(dim=-1)
+        q = torch.where(ok, q, torch.zeros_like(q)) * live                      # padding rows -> 0
+        q_halo = torch.zeros(b, n_tiles, s_max, n_halo, dtype=work, device=x.device).scatter_(-1, slot_b, q)
+        per_tile = torch.cat([q_halo.transpose(-1, -2) @ xt, q_halo.sum(2)[..., None]], dim=-1)  # (B, T, halo, C+1)
+        sums = x.new_zeros(b, m + 1, ch + 1).index_add_(1, halo.flatten(), per_tile.reshape(b, -1, ch + 1))
+        c = sums[:, :m, :ch] / sums[:, :m, ch:].clamp_min(1e-16)
     return c
 
 

@@ -61,10 +61,19 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..data.digitscenes import SceneConfig
-from ..kernels.token_clustering import initial_cells, local_em, topk_reconstruction, topk_weights_reference
+from ..kernels._runtime import prefer_kernel
+from ..kernels.token_clustering import (
+    initial_cells,
+    local_em,
+    local_em_reference,
+    topk_reconstruction,
+    topk_reconstruction_reference,
+    topk_weights_reference,
+)
 from ..nn import DropPath
 from ..nn.checks import check_images, check_model_args
 from ..registry import register_variants
+from ..train.budget import Budget
 
 NORMS = ("l2", "l1")
 
@@ -150,8 +159,9 @@ def token_clustering(x: torch.Tensor, grid: tuple[int, int], clusters: tuple[int
     divide by it (the DINO port's convention, tau = 1 / t).  ``iters`` = kappa, ``lam`` = lambda.
     ``impl="dense"`` is the official formulation (all N x M distances, the disallowed ones
     masked); ``impl="local"`` computes the same centres from each token's lambda^2 candidates
-    only: the ``hrvit_edu::local_em`` op (Triton kernels when usable, else
-    :func:`~hrvit_edu.kernels.token_clustering.local_em_reference`).  With ``return_assignments``
+    only: the ``hrvit_edu::local_em`` op (Triton) where models use kernels (natively on CUDA, or
+    when forced with ``use_backend("triton")``), else its torch form
+    :func:`~hrvit_edu.kernels.token_clustering.local_em_reference`.  With ``return_assignments``
     (dense only), also returns the last Q (B, N, M) of (5.3), the one the returned centres were
     averaged with.
     """
@@ -173,8 +183,9 @@ def token_clustering(x: torch.Tensor, grid: tuple[int, int], clusters: tuple[int
     allowed = locality_mask((hh, ww), (h, w), lam, x.device)
     xf = x.to(_work_dtype(x))
     c = avgpool_tokens(xf, (hh, ww), (h, w))
-    if impl == "local":
-        return local_em(xf, c, [hh, ww], [h, w], lam, float(t), iters).to(x.dtype)
+    if impl == "local":              # the op (Triton) natively on CUDA; the torch local form elsewhere
+        op = local_em if prefer_kernel(xf) else local_em_reference
+        return op(xf, c, [hh, ww], [h, w], lam, float(t), iters).to(x.dtype)
     for _ in range(iters):
         q = assignments(xf, c, allowed, t)
         c = update_centres(xf, q)
@@ -207,7 +218,9 @@ def token_reconstruction(x_a: torch.Tensor, c_a: torch.Tensor, c_hat: torch.Tens
     weights of (5.6)-(5.7) computed from the layer-alpha ``x_a`` and ``c_a``.
 
     ``impl="dense"`` forms W (B, N, M) as the official code; ``impl="local"`` calls the
-    ``hrvit_edu::topk_reconstruction`` op (the fused Triton kernel when usable; always stabilised)."""
+    ``hrvit_edu::topk_reconstruction`` op (the fused Triton kernel) where models use kernels
+    (:func:`~hrvit_edu.kernels.prefer_kernel`: natively on CUDA, or when forced), else its torch
+    reference; always stabilised."""
     _tokens(c_hat, "c_hat")
     if impl not in ("dense", "local"):
         raise ValueError(f"impl must be 'dense' (official) or 'local', got {impl!r}")
@@ -216,7 +229,8 @@ def token_reconstruction(x_a: torch.Tensor, c_a: torch.Tensor, c_hat: torch.Tens
     if impl == "local":
         if not stabilise:
             raise ValueError("impl='local' always stabilises (the kernel subtracts the row minimum)")
-        return topk_reconstruction(x_a, c_a, c_hat, float(t), int(k), norm)
+        op = topk_reconstruction if prefer_kernel(x_a) else topk_reconstruction_reference
+        return op(x_a, c_a, c_hat, float(t), int(k), norm)
     wgt = reconstruction_weights(x_a, c_a, t=t, k=k, norm=norm, stabilise=stabilise)
     return (wgt @ c_hat.to(wgt.dtype)).to(c_hat.dtype)
 
@@ -438,12 +452,13 @@ class ViTSegmenter(nn.Module):
     def _join(self, cls, tokens):
         return tokens if cls is None else torch.cat([cls, tokens], dim=1)
 
-    def forward(self, x: torch.Tensor, expedite: ExpediteConfig | None = None) -> torch.Tensor:
+    def _run(self, x: torch.Tensor, e: ExpediteConfig | None, trace: list | None = None):
+        """Stem and blocks; returns (tokens with CLS, current grid, full grid, reconstruction state
+        or None).  With ``trace``, appends every block's patch tokens (B, N or M, C) to it."""
         tokens, grid = self.embed(x)
         b = tokens.shape[0]
         if self.cls is not None:
             tokens = torch.cat([self.cls.expand(b, -1, -1), tokens], dim=1)
-        e = expedite
         if e is not None:
             last = e.alpha + (e.beta or 0)
             if not 1 <= e.alpha <= len(self.blocks) or last > len(self.blocks):
@@ -458,6 +473,21 @@ class ViTSegmenter(nn.Module):
             if e is not None and e.beta is not None and i == e.alpha + e.beta:   # reconstruct, (5.6)-(5.8)
                 cls, c_hat = self._split(tokens)
                 tokens, cur, saved = self._join(cls, restore_tokens(c_hat, saved, e)), grid, None
+            if trace is not None:
+                trace.append(self._split(tokens)[1])
+        return tokens, cur, grid, saved
+
+    def block_outputs(self, x: torch.Tensor, expedite: ExpediteConfig | None = None) -> list[torch.Tensor]:
+        """The patch tokens after every block (CLS dropped): (B, N, C) on the full grid, (B, M, C)
+        between clustering and reconstruction."""
+        trace: list = []
+        self._run(x, expedite, trace)
+        return trace
+
+    def forward(self, x: torch.Tensor, expedite: ExpediteConfig | None = None) -> torch.Tensor:
+        e = expedite
+        tokens, cur, grid, saved = self._run(x, e)
+        b = tokens.shape[0]
         feats = self.norm(self._split(tokens)[1])                           # (B, N or M, C)
         if self.head is None:
             return feats.transpose(1, 2).reshape(b, -1, *cur)
@@ -519,15 +549,16 @@ def vit_macs(cfg: ViTSegConfig, grid: tuple[int, int], expedite: ExpediteConfig 
 EVAL_CANVAS = 128        # chapter 05's study scenes: 4x the training area, digits at the training scale
 
 
-def study_scenes(config: SceneConfig, canvas: int = EVAL_CANVAS, num_test: int | None = None) -> SceneConfig:
+def study_scenes(config: SceneConfig, canvas: int = EVAL_CANVAS) -> SceneConfig:
     """The scenes the expedite study runs on: ``config``'s digits (same sizes, intensities,
     background) on a ``canvas`` x ``canvas`` image, with the digit count scaled by the area ratio
-    so the scenes are as busy as the training ones.  A model with a stride-4 stem sees a
-    (canvas / 4)^2 token grid: where attention dominates the cost."""
+    so the scenes are as busy as the training ones, and 2/5 of the validation and test scenes
+    (each holds ``area`` times the pixels).  A model with a stride-4 stem sees a (canvas / 4)^2
+    token grid: where attention dominates the cost."""
     area = (canvas / config.canvas) ** 2
     lo, hi = config.digits_per_scene
     return dataclasses.replace(config, canvas=canvas, digits_per_scene=(max(1, round(lo * area)), round(hi * area)),
-                               num_test=num_test or config.num_test)
+                               num_val=max(1, config.num_val * 2 // 5), num_test=max(1, config.num_test * 2 // 5))
 
 
 def paper_placement(cfg: ViTSegConfig, grid: tuple[int, int], **kw) -> ExpediteConfig:
@@ -536,6 +567,50 @@ def paper_placement(cfg: ViTSegConfig, grid: tuple[int, int], **kw) -> ExpediteC
     alpha = max(1, round(10 / 24 * cfg.depth))
     clusters = tuple(max(1, round(s * 28 / 40)) for s in grid)
     return ExpediteConfig(alpha=alpha, clusters=clusters, **kw)
+
+
+# ============================================================================ the chapter's study
+T_GRID = (0.02, 0.05, 0.1, 0.2, 0.5, 1.0)     # inverse temperatures tried on validation scenes
+
+
+def textbook_budget(budget: Budget) -> Budget:
+    """The chapter's training budget: 80% of the profile's steps (the main run stays under 4 min on
+    2 CPU cores), evaluating the validation split four times."""
+    steps = max(2, round(0.8 * budget.steps))
+    return budget.replace(steps=steps, warmup_steps=min(budget.warmup_steps, steps // 10),
+                          eval_every=max(1, steps // 4) if budget.eval_every else 0)
+
+
+def miou_of(model: ViTSegmenter, dataset, expedite: ExpediteConfig | None, batch_size: int = 50) -> float:
+    """Test (or validation) mIoU of the trained ``model`` run with ``expedite``, weights untouched."""
+    from ..train.evaluate import evaluate
+    return evaluate(Expedited(model, expedite), dataset, model.num_classes, batch_size=batch_size).miou
+
+
+def choose_t(model: ViTSegmenter, val_set, placement: ExpediteConfig, grid=T_GRID) -> tuple[float, dict]:
+    """The inverse temperature t (clustering and reconstruction share it) that maximises
+    validation mIoU at ``placement``; returns (t, {t: mIoU}).  t = 0.02 is tuned for ViT-L's
+    feature norms: squared distances scale with them, so a smaller model needs its own t."""
+    scores = {t: miou_of(model, val_set, dataclasses.replace(placement, t=t)) for t in grid}
+    return max(scores, key=scores.get), scores
+
+
+def study_key(model: ViTSegmenter, budget: Budget, scenes: SceneConfig) -> str:
+    """What a stored seed of chapter 05's claims depends on: model config, budget, study scenes."""
+    import hashlib
+    text = repr((model.cfg, budget, scenes, T_GRID))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def claim_arms(placement: ExpediteConfig) -> dict[str, ExpediteConfig | None]:
+    """The single-change arms of chapter 05's claims, all at ``placement``'s alpha and h x w."""
+    r = dataclasses.replace
+    return {"original": None, "expedited": placement,
+            "pooling + bilinear": r(placement, reduce="pool", restore="bilinear"),
+            "clustering + bilinear": r(placement, restore="bilinear"),
+            "clustering + naive unpooling": r(placement, restore="unpool"),
+            "L1 weights (paper)": r(placement, norm="l1"),
+            "t = 0.02 (official)": r(placement, t=0.02)}
 
 
 VARIANTS = {

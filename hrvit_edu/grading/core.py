@@ -154,6 +154,13 @@ def hidden_generator(salt: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed((_HIDDEN_SEED.get() * 1_000_003 + salt) % (2 ** 63))
 
 
+def require_triton() -> None:
+    """For kernel questions: a clear failure where Triton cannot run the reader's kernel."""
+    from ..kernels import HAS_TRITON, triton_usable
+    if not (HAS_TRITON and triton_usable(torch.zeros(1))):
+        raise CheckFailed("Triton is not usable here (it is Linux-only); this question needs it")
+
+
 def hidden_rng(salt: int = 0) -> random.Random:
     """Python-level draws (sizes, steps) from the same secret seed."""
     return random.Random(_HIDDEN_SEED.get() * 1_000_003 + salt)

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import torch
 
-from ...kernels import HAS_TRITON, triton_usable
 from ...kernels.token_clustering import topk_weights_reference
 from ..compare import assert_matches
-from ..core import Check, CheckFailed, Question, hidden_rng, register
+from ..core import Check, CheckFailed, Question, hidden_rng, register, require_triton
 
 _OWN = "hrvit_edu.grading.checks.expedite"
 # Everything in the package that computes an expedite piece: none of it may be called by an answer.
@@ -167,11 +166,6 @@ register(Question("expedite.topk_weights", "the stabilised top-k reconstruction 
 
 
 # ------------------------------------------------------------------------------ 4. the E-step kernel
-def _kernel_ready():
-    if not (HAS_TRITON and triton_usable(torch.zeros(1))):
-        raise CheckFailed("Triton is not usable here (it is Linux-only); this question needs it")
-
-
 def slots_reference(x, cen, grid, clusters, lam, t):
     """Q (B, N, lambda^2) in float32: slot s = (du + r) lambda + (dv + r); 0 off the grid."""
     allowed = locality_reference(grid, clusters, lam)
@@ -199,7 +193,7 @@ def _slot_inputs(b, grid, clusters, c, seed, dtype=torch.float32):
 
 
 def _as_direct(fn):
-    _kernel_ready()
+    require_triton()
     rng = hidden_rng(73)
     cases = [(2, (6, 8), (3, 4), 3, 5), (1, (10, 9), (7, 4), 5, 20)]
     cases += [(rng.randint(1, 2), (rng.randint(3, 12), rng.randint(3, 12)), None, rng.choice((1, 3, 5)),
@@ -228,7 +222,7 @@ def _as_direct(fn):
 
 
 def _as_check(fn, hint):
-    _kernel_ready()
+    require_triton()
     x, cen = _slot_inputs(2, (7, 9), (3, 4), 37, 5, torch.float16)
     got = fn(x, cen, (7, 9), (3, 4), 5, 0.3)
     fn.require_launched()

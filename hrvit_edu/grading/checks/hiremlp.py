@@ -9,10 +9,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ...kernels import HAS_TRITON, triton_usable
 from ...models.hire_mlp import region_partition, region_restore
 from ..compare import assert_matches, expect_tensor
-from ..core import Check, CheckFailed, Question, hidden_rng, register
+from ..core import Check, CheckFailed, Question, hidden_rng, register, require_triton
 
 _OWN = "hrvit_edu.grading.checks.hiremlp"
 # Everything in the package that rearranges regions: none of it may be called by an answer.
@@ -219,11 +218,6 @@ register(Question("hiremlp.restore_conv", "the second linear and the inverse rea
 # ------------------------------------------------------------------------------ 5. kernel piece
 # The adjoint of the fused kernel's gathered load.  Four of the five points come from launches the
 # grader makes itself, into NaN-poisoned buffers; the last requires the launcher to launch it.
-def _kernel_ready():
-    if not (HAS_TRITON and triton_usable(torch.zeros(1))):
-        raise CheckFailed("Triton is not usable here (it is Linux-only); this question needs it")
-
-
 def _operand_ref(x, p, s):
     b, c, h, w = x.shape
     z = region_partition(x, p, s, "h")                              # (B, C p, G, W)
@@ -243,7 +237,7 @@ _SCATTER_HINT = ("row n = (b, h, w) of dX sums dA[(b, g, w), c p + i] over every
 
 def _scatter_launch(fn, shape, p, s, da, hint, tol):
     """Launch the reader's kernel on our buffers: DX a NaN-filled transposed view."""
-    _kernel_ready()
+    require_triton()
     b, c, h, w = shape
     g = -(-h // p)
     n = b * h * w
@@ -289,7 +283,7 @@ def _cases(rng, n):
 
 
 def _scatter_launcher(fn):
-    _kernel_ready()
+    require_triton()
     for shape_p_s in _cases(hidden_rng(45), 2):
         shape, p, s = shape_p_s[:4], *shape_p_s[4:]
         da = _da(shape, p, sum(shape_p_s) + 1)

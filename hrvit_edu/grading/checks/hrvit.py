@@ -8,10 +8,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ...kernels import HAS_TRITON, triton_usable
 from ...models.hrvit import DES, CrossResolutionFusion, stripe_partition
 from ..compare import assert_matches, expect_tensor
-from ..core import Check, CheckFailed, Question, hidden_generator, hidden_rng, register
+from ..core import Check, CheckFailed, Question, hidden_generator, hidden_rng, register, require_triton
 
 _OWN = "hrvit_edu.grading.checks.hrvit"
 # The fold and DES questions re-implement what these compute: none of them may be called.
@@ -240,11 +239,6 @@ def _right_ref(x, bw, bb):
     return (x.float() @ bw.float().T + bb.float()).to(x.dtype)
 
 
-def _kernel_ready():
-    if not (HAS_TRITON and triton_usable(torch.zeros(1))):
-        raise CheckFailed("Triton is not usable here (it is Linux-only); this question needs it")
-
-
 def _right_inputs(m, p, dtype, seed):
     g = _gen(seed)
     x = torch.randn(m, p, generator=g).to(dtype)
@@ -252,7 +246,7 @@ def _right_inputs(m, p, dtype, seed):
 
 
 def _right_direct(fn):
-    _kernel_ready()
+    require_triton()
     rng = hidden_rng(14)
     for m, p in [(32, 16), (21, 8)] + [(rng.randint(1, 50), rng.choice([4, 8, 12, 16, 24])) for _ in range(2)]:
         x, bw, bb = _right_inputs(m, p, torch.float32, rng.randrange(2 ** 31))
@@ -266,7 +260,7 @@ def _right_direct(fn):
 
 
 def _right_check(fn, m, p, dtype, atol, hint):
-    _kernel_ready()
+    require_triton()
     x, bw, bb = _right_inputs(m, p, dtype, m * 7 + p)
     got = fn(x.clone(), bw, bb)
     fn.require_launched()

@@ -11,10 +11,9 @@ import numpy as np
 import torch
 
 from ...data import BACKGROUND, SceneConfig, generate
-from ...kernels import HAS_TRITON, triton_usable
 from ...train import Budget, confusion_matrix, lr_factor, metrics_from_confusion
 from ..compare import assert_matches, expect_float, expect_tensor
-from ..core import Check, CheckFailed, Question, hidden_generator, hidden_rng, register
+from ..core import Check, CheckFailed, Question, hidden_generator, hidden_rng, register, require_triton
 
 # The references below live in this module: no answer may call them (nor the package's own).
 _OWN = "hrvit_edu.grading.checks.preface"
@@ -293,11 +292,6 @@ def _l2_ref(x):
     return (xf / xf.norm(dim=-1, keepdim=True).clamp_min(EPS)).to(x.dtype)
 
 
-def _needs_kernel_runtime():
-    if not (HAS_TRITON and triton_usable(torch.zeros(1))):
-        raise CheckFailed("Triton is not usable here (it is Linux-only); this question needs it")
-
-
 def _block(n):
     return 1 << max(4, (n - 1).bit_length())
 
@@ -310,7 +304,7 @@ def _l2_launch(fn, x, hint):
 
 
 def _l2_kernel_direct(fn):
-    _needs_kernel_runtime()
+    require_triton()
     rng, g = hidden_rng(5), hidden_generator(5)
     shapes = [(3, 17), (2, 16)] + [(rng.randint(1, 6), rng.randint(1, 70)) for _ in range(2)]
     for shape in shapes:
@@ -326,7 +320,7 @@ def _l2_launcher(fn, x, what, hint, atol=1e-5):
 
 
 def _l2_odd(fn):
-    _needs_kernel_runtime()
+    require_triton()
     g = torch.Generator().manual_seed(9)
     for shape in [(3, 17), (5, 100), (1, 1)]:
         _l2_launcher(fn, torch.randn(shape, generator=g), f"output for shape {shape}",
@@ -334,14 +328,14 @@ def _l2_odd(fn):
 
 
 def _l2_zero(fn):
-    _needs_kernel_runtime()
+    require_triton()
     x = torch.randn(4, 20)
     x[1] = 0.0
     _l2_launcher(fn, x, "output with an all-zero row", "divide by max(norm, eps)")
 
 
 def _l2_half(fn):
-    _needs_kernel_runtime()
+    require_triton()
     _l2_launcher(fn, torch.randn(6, 33).half(), "fp16 output",
                  "upcast to fp32 on load and cast back on store", atol=2e-3)
 

@@ -7,10 +7,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ...kernels import HAS_TRITON, triton_usable
 from ...kernels.external_attention import external_attention_reference, grouped_double_norm
 from ..compare import assert_matches
-from ..core import Check, CheckFailed, Question, hidden_rng, register
+from ..core import Check, CheckFailed, Question, hidden_rng, register, require_triton
 
 _OWN = "hrvit_edu.grading.checks.rtformer"
 # Everything in the package that computes an RTFormer piece: none of it may be called by an answer.
@@ -145,11 +144,6 @@ register(Question("rtformer.mhea_as_gfa", "multi-head external attention as a bl
 
 
 # ------------------------------------------------------------------------------ 4. kernel piece
-def _kernel_ready():
-    if not (HAS_TRITON and triton_usable(torch.zeros(1))):
-        raise CheckFailed("Triton is not usable here (it is Linux-only); this question needs it")
-
-
 def column_lse_reference(x, k):
     return torch.logsumexp(torch.einsum("mc,bcn->bmn", k.double(), x.double()), dim=-1).float()
 
@@ -163,7 +157,7 @@ _LAUNCH = "column_lse_kernel[(B, cdiv(M, 16))](X, K, OUT, N, C, M, BN=16, BM=16,
 
 
 def _lse_direct(fn, large=False):
-    _kernel_ready()
+    require_triton()
     rng = hidden_rng(63 + large)
     cases = [(2, 5, 40, 20), (1, 33, 17, 16)] if not large else [(1, 16, 150, 24)]
     for i, (b, c, n, m) in enumerate(cases + [
@@ -184,7 +178,7 @@ def _lse_direct(fn, large=False):
 
 
 def _lse_check(fn, b, c, n, m, scale, dtype, hint):
-    _kernel_ready()
+    require_triton()
     x, k = _lse_inputs(b, c, n, m, scale, 7 * n + m + c, dtype)
     got = fn(x, k)
     fn.require_launched()

@@ -9,10 +9,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ...kernels import HAS_TRITON, triton_usable
 from ...kernels.aggregated_attention import key_counts, window_dots, window_validity
 from ..compare import assert_matches
-from ..core import Check, CheckFailed, Question, hidden_rng, register
+from ..core import Check, CheckFailed, Question, hidden_rng, register, require_triton
 
 _OWN = "hrvit_edu.grading.checks.transnext"
 # Everything in the package that computes a TransNeXt piece: none of it may be called by an answer.
@@ -160,11 +159,6 @@ register(Question("transnext.convglu", "ConvGLU, (2.11)", "convglu", (
 
 
 # ------------------------------------------------------------------------------ 5. kernel piece
-def _kernel_ready():
-    if not (HAS_TRITON and triton_usable(torch.zeros(1))):
-        raise CheckFailed("Triton is not usable here (it is Linux-only); this question needs it")
-
-
 def window_logits_reference(qt, k, b_loc, h, w, ks):
     """(G, L, ks^2) float32: qt_i . k_{rho_z(i)} + b_z on the map, -inf off it."""
     out = window_dots(qt.double()[None], k.double()[None], (h, w), ks)[0] + b_loc.double()
@@ -183,7 +177,7 @@ _LAUNCH = ("window_logits_kernel[(cdiv(L, 16), G)](QT, K, BLOC, OUT, L, H, W, D,
 
 
 def _wl_direct(fn):
-    _kernel_ready()
+    require_triton()
     rng = hidden_rng(54)
     for g, h, w, d, ks in [(2, 5, 7, 8, 3), (1, 3, 17, 20, 3)] + [
             (rng.randint(1, 2), rng.randint(1, 8), rng.randint(1, 8), rng.randint(2, 20), rng.choice((1, 3, 5)))
@@ -199,7 +193,7 @@ def _wl_direct(fn):
 
 
 def _wl_check(fn, g, h, w, d, ks, dtype, hint):
-    _kernel_ready()
+    require_triton()
     qt, k, b = _wl_inputs(g, h, w, d, ks, 7 * h + w + d, dtype)
     got = fn(qt, k, b, h, w, ks)
     fn.require_launched()

@@ -268,3 +268,13 @@ def test_vit_macs_counts_what_flop_counter_counts():
             model(x, expedite=e)
         want = E.vit_macs(model.cfg, grid, e)
         assert (counter.get_total_flops() - stem.get_total_flops()) // 2 == want["blocks"] + want["head"], e
+
+
+def test_evaluating_an_expedited_model_leaves_it_in_eval_mode():
+    """evaluate() restores the wrapper's mode; the wrapper must mirror the model's, or the model's
+    BatchNorm would be left training and update its statistics on the next forward."""
+    from hrvit_edu.data import DigitScenes
+    from hrvit_edu.profiles import get_profile
+    model = _vit()
+    E.miou_of(model, DigitScenes("test", get_profile("ci").scenes), E.ExpediteConfig(alpha=2, clusters=(8, 8)))
+    assert not model.training and not any(m.training for m in model.modules())

@@ -21,7 +21,9 @@ M weights W_i. = exp(-t (D_i. - min D_i.)) (D by the expansion ||x||^2 + ||c||^2
 IEEE-fp32 GEMM tile per chunk of C), finds the k-th largest weight with multiplicity by k passes
 of "largest value below the threshold" (ties at the k-th kept, as ``torch.topk`` + ``>=``),
 zeroes the rest, normalises (L2 as the official code, or L1) and multiplies by the refined centres
-C^ with a second GEMM.  Rows of M <= 4096 weights fit one program.
+C^ with a second GEMM.  Rows of M <= 4096 weights fit one program in the interpreter; on a GPU a
+row of M = 784 (Segmenter) in fp32 is a large register tile, and the kernel has not been compiled
+natively yet (no GPU was available): it may need tiling over M there.
 
 The torch references sit beside the kernels: :func:`local_em_reference` (the same local
 algorithm as batched GEMMs per cell, no N x M tensor) and :func:`topk_reconstruction_reference`
@@ -46,8 +48,10 @@ MAX_CENTRES = 4096            # one program holds a row of M weights in the reco
 def initial_cells(grid: tuple[int, int], clusters: tuple[int, int], device=None) -> torch.Tensor:
     """l(i) of eq. (5.2): the h x w cell of every token of the H x W grid, (N,) int64, row-major.
 
-    Token (y, x) gets cell (floor(y h / H), floor(x w / W)): what nearest resizing of the h x w
-    index image to H x W gives (``F.interpolate(mode="nearest")``)."""
+    Token (y, x) gets cell (floor(y h / H), floor(x w / W)) in integer arithmetic: what nearest
+    resizing of the h x w index image to H x W means.  ``F.interpolate(mode="nearest")``, which the
+    official code calls, computes floor(y * (h / H)) in floating point and can land one cell lower
+    at some sizes (e.g. H = 46, h = 28); the chapter's sizes agree."""
     (hh, ww), (h, w) = grid, clusters
     if h > hh or w > ww:
         raise ValueError(f"a {h}x{w} cluster grid is finer than the {hh}x{ww} token grid")

@@ -505,6 +505,8 @@ class Expedited(nn.Module):
     def __init__(self, model: ViTSegmenter, expedite: ExpediteConfig | None):
         super().__init__()
         self.model, self.expedite = model, expedite
+        self.train(model.training)       # mirror the model's mode: a caller restoring "our" mode must not
+                                         # flip the model to training (BatchNorm would then update its stats)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x, expedite=self.expedite)

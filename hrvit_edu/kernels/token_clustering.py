@@ -44,6 +44,18 @@ NORMS = ("l2", "l1")
 MAX_CENTRES = 4096            # one program holds a row of M weights in the reconstruction kernel
 
 
+def work_dtype(x: torch.Tensor) -> torch.dtype:
+    """All distance arithmetic runs in fp32 at least (fp64 stays fp64): squared norms overflow fp16."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def squared_distances(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """D_ij = ||x_i - c_j||^2 = ||x_i||^2 + ||c_j||^2 - 2 x_i . c_j for x (B, N, C), c (B, M, C),
+    clamped at 0 (the expansion can round below it); (B, N, M) in x's dtype."""
+    d = (x * x).sum(-1, keepdim=True) + (c * c).sum(-1)[:, None, :] - 2 * x @ c.transpose(1, 2)
+    return d.clamp_min(0)
+
+
 # ------------------------------------------------------------------------------ geometry
 def initial_cells(grid: tuple[int, int], clusters: tuple[int, int], device=None) -> torch.Tensor:
     """l(i) of eq. (5.2): the h x w cell of every token of the H x W grid, (N,) int64, row-major.
@@ -148,7 +160,7 @@ def local_em_reference(x: torch.Tensor, c: torch.Tensor, grid: tuple[int, int], 
     _check_em(x, c, grid, clusters, lam, t, iters)
     if tile < 1:
         raise ValueError(f"local_em_reference: tile must be >= 1, got {tile}")
-    work = torch.float64 if x.dtype == torch.float64 else torch.float32
+    work = work_dtype(x)
     x, c = x.to(work), c.to(work)
     b, _, ch = x.shape
     m = clusters[0] * clusters[1]
@@ -192,9 +204,8 @@ def _check_rec(x_a, c_a, c_hat, t, k, norm):
 
 def topk_weights_reference(x_a, c_a, t: float = 0.02, k: int = 20, norm: str = "l2", stabilise: bool = True):
     """Eqs. (5.6)-(5.7), dense as in the official code: W (B, N, M) in fp32 (fp64 stays fp64)."""
-    work = torch.float64 if x_a.dtype == torch.float64 else torch.float32
-    xa, ca = x_a.to(work), c_a.to(work)
-    d = ((xa * xa).sum(-1, keepdim=True) + (ca * ca).sum(-1)[:, None, :] - 2 * xa @ ca.transpose(1, 2)).clamp_min(0)
+    work = work_dtype(x_a)
+    d = squared_distances(x_a.to(work), c_a.to(work))
     if stabilise:
         d = d - d.amin(dim=-1, keepdim=True)
     wgt = torch.exp(-t * d)

@@ -63,19 +63,20 @@ import torch.nn.functional as F
 from ..data.digitscenes import SceneConfig
 from ..kernels._runtime import prefer_kernel
 from ..kernels.token_clustering import (
+    NORMS,
     initial_cells,
     local_em,
     local_em_reference,
+    squared_distances,
     topk_reconstruction,
     topk_reconstruction_reference,
     topk_weights_reference,
+    work_dtype,
 )
 from ..nn import DropPath
 from ..nn.checks import check_images, check_model_args
 from ..registry import register_variants
 from ..train.budget import Budget
-
-NORMS = ("l2", "l1")
 
 
 # ============================================================================ checks
@@ -96,10 +97,6 @@ def _tokens(x: torch.Tensor, name: str) -> torch.Tensor:
     return x
 
 
-def _work_dtype(x: torch.Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-
 # ============================================================================ geometry
 def locality_mask(grid: tuple[int, int], clusters: tuple[int, int], lam: int = 5, device=None) -> torch.Tensor:
     """A of eq. (5.2): (N, M) bool, token i may join centre j when their cells are at most
@@ -113,13 +110,6 @@ def locality_mask(grid: tuple[int, int], clusters: tuple[int, int], lam: int = 5
     cv = torch.arange(w, device=device).repeat(h)
     r = lam // 2
     return ((u[:, None] - cu[None, :]).abs() <= r) & ((v[:, None] - cv[None, :]).abs() <= r)
-
-
-def squared_distances(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """D_ij = ||x_i - c_j||^2 = ||x_i||^2 + ||c_j||^2 - 2 x_i . c_j for x (B, N, C), c (B, M, C),
-    clamped at 0 (the expansion can round below it); (B, N, M) in x's dtype."""
-    d = (x * x).sum(-1, keepdim=True) + (c * c).sum(-1)[:, None, :] - 2 * x @ c.transpose(1, 2)
-    return d.clamp_min(0)
 
 
 # ============================================================================ clustering
@@ -181,7 +171,7 @@ def token_clustering(x: torch.Tensor, grid: tuple[int, int], clusters: tuple[int
     if iters < 1:
         raise ValueError(f"iters (kappa) must be >= 1, got {iters}")
     allowed = locality_mask((hh, ww), (h, w), lam, x.device)
-    xf = x.to(_work_dtype(x))
+    xf = x.to(work_dtype(x))
     c = avgpool_tokens(xf, (hh, ww), (h, w))
     if impl == "local":              # the op (Triton) natively on CUDA; the torch local form elsewhere
         op = local_em if prefer_kernel(xf) else local_em_reference
@@ -248,7 +238,7 @@ def bilinear_reconstruction(c_hat: torch.Tensor, clusters: tuple[int, int], grid
 def hard_labels(x_a: torch.Tensor, c_a: torch.Tensor) -> torch.Tensor:
     """Each token's nearest centre over *all* centres, argmin_j D_ij (B, N): the official code's
     hard labels (no locality mask), used only by naive unpooling."""
-    return squared_distances(x_a.to(_work_dtype(x_a)), c_a.to(_work_dtype(x_a))).argmin(dim=-1)
+    return squared_distances(x_a.to(work_dtype(x_a)), c_a.to(work_dtype(x_a))).argmin(dim=-1)
 
 
 def naive_unpooling(c_hat: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

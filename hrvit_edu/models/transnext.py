@@ -48,6 +48,7 @@ from ..kernels.window_attention import scaled_window_attention
 from ..nn import AllMLPHead, DropPath
 from ..nn.checks import check_images, check_model_args
 from ..registry import register_variants
+from ..train.evaluate import SCALE_TEST_IMAGES, TEST_SCALES, multiscale_miou, scale_metric  # noqa: F401 (chapter 02 uses them)
 
 TAU_INIT = 1 / 0.24          # softplus(t) at initialisation: the entropy estimate's constant (eq. 2.2)
 
@@ -497,8 +498,7 @@ ABLATIONS = {
     "ConvFFN (not ConvGLU)": {"mlp": "convffn"},
 }
 ABLATION_SEEDS = (0, 1, 2)
-TEST_SCALES = (0.75, 1.0, 1.5, 2.0)        # multi-scale inference: test canvases 48, 64, 96, 128 px
-SCALE_TEST_IMAGES = 200
+
 
 
 def ablation_budget(budget):
@@ -515,23 +515,10 @@ def ablation_sweep() -> list[tuple[list, list[int]]]:
     return sweep_groups(ABLATIONS, ABLATION_SEEDS)
 
 
-def scale_metric(factor: float) -> str:
-    return f"test_miou_x{factor:g}"
-
-
 def ablation_extra(model: nn.Module, scenes=None) -> dict:
     """Each trained arm's test mIoU on DigitScenes re-rendered at ``TEST_SCALES`` x the training
     resolution (claim b, multi-scale inference), recorded next to its other metrics."""
-    from ..data import rescaled_test_set
-    from ..profiles import get_profile
-    from ..train.evaluate import evaluate
-
-    scenes = scenes or get_profile().scenes
-    out = {}
-    for f in TEST_SCALES:
-        test = rescaled_test_set(scenes, f, num_test=min(SCALE_TEST_IMAGES, scenes.num_test))
-        out[scale_metric(f)] = evaluate(model, test, 11).miou
-    return out
+    return multiscale_miou(model, scenes)
 
 
 # Official README (ImageNet-1K, 224 x 224): parameters and FLOPs.

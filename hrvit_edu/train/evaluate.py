@@ -58,3 +58,27 @@ def boundary_accuracy(model: nn.Module, dataset: Dataset, batch_size: int = 100,
         hit += (pred[edge] == y[edge]).sum().item()
         total += edge.sum().item()
     return hit / max(total, 1)
+
+
+TEST_SCALES = (0.75, 1.0, 1.5, 2.0)        # resolution robustness: test canvases 48, 64, 96, 128 px
+SCALE_TEST_IMAGES = 200
+
+
+def scale_metric(factor: float) -> str:
+    """The record name of the test mIoU at ``factor`` x the training resolution."""
+    return f"test_miou_x{factor:g}"
+
+
+def multiscale_miou(model: nn.Module, scenes=None, factors=TEST_SCALES,
+                    num_test: int = SCALE_TEST_IMAGES) -> dict[str, float]:
+    """Test mIoU on DigitScenes re-rendered at each of ``factors`` x the training resolution
+    (canvas and glyphs scale together: the same scenes, seen at another size), as
+    ``{scale_metric(f): mIoU}``; the first ``num_test`` test scenes of ``scenes`` (default: the
+    active profile's)."""
+    from ..data import rescaled_test_set
+    from ..profiles import get_profile
+
+    scenes = scenes or get_profile().scenes
+    return {scale_metric(f): evaluate(model, rescaled_test_set(scenes, f, num_test=min(num_test, scenes.num_test)),
+                                      11).miou
+            for f in factors}

@@ -5,8 +5,10 @@
     make book ARGS="--only 01 --profile ci"     # the same through make
 
 Writes ``build/<chapter>.ipynb`` (executed; partial if a cell failed), ``build/<chapter>.html``,
-``build/summary.json`` and, with the ``[book]`` extra installed, the static site ``build/site/``
-(:mod:`hrvit_edu.site`: chapters, exercises, API pages, search; works offline).  Open it with
+``build/summary.json``, ``build/report.md`` (the capstone leaderboard, the book's claim table,
+per-chapter runtimes and the device: :mod:`hrvit_edu.report`) and, with the ``[book]`` extra
+installed, the static site ``build/site/`` (:mod:`hrvit_edu.site`: chapters, exercises, API pages,
+search, the report on the landing page; works offline).  Open it with
 ``python -m hrvit_edu.book --serve`` (http://localhost:8000/).
 
 On a terminal each chapter shows a progress bar over its cells with the section being run and,
@@ -157,8 +159,9 @@ def main(argv=None) -> int:
                "chapters": [{"name": name, "status": status, "seconds": round(dt, 1), "metrics": metrics}
                             for name, status, dt, metrics, _ in rows]}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    report = _report(out, profile, Path(args.chapters))
     if args.site:
-        failed += not _site(out, summary, [out / p.name for p in paths])
+        failed += not _site(out, summary, [out / p.name for p in paths], report)
     return 1 if failed else 0
 
 
@@ -171,14 +174,25 @@ def _device() -> dict:
     return {k: info.get(k) for k in ("device", "threads", "torch", "triton")}
 
 
-def _site(out: Path, summary: dict, chapters: list[Path]) -> bool:
+def _report(out: Path, profile: str, chapters: Path) -> str:
+    """Write build/report.md (leaderboard, claim table, runtimes, device: :mod:`hrvit_edu.report`)
+    from the stored results of the book the chapters belong to."""
+    from .grading.assign import find_root
+    from .report import write_report
+
+    path = write_report(find_root(chapters.resolve()), out, profile)
+    print(f"report: {path} (every number's source in {path.with_name('report_sources.json')})")
+    return path.read_text()
+
+
+def _site(out: Path, summary: dict, chapters: list[Path], report: str | None = None) -> bool:
     """Build build/site/ from the notebooks just executed; one line of report.  False on failure."""
     from .grading.assign import find_root
     from .site import build_site
 
     exercises = sorted((find_root() / "exercises").glob("*.ipynb"))
     try:
-        facts = build_site(chapters, exercises, out / "site", summary, log=out / "logs" / "site.log")
+        facts = build_site(chapters, exercises, out / "site", summary, log=out / "logs" / "site.log", report=report)
     except RuntimeError as e:
         print(f"site: not built: {e}", file=sys.stderr)
         return False

@@ -57,6 +57,10 @@ def test_book_reports_a_failure_where_it_happened_and_runs_the_other_chapters(tm
     assert summary and "FAILED" in summary[0] and "cell 3: ValueError: boom at depth" in summary[0]
     for name in ("00_broken", "01_ok"):
         assert (out / f"{name}.ipynb").exists() and "<html" in (out / f"{name}.html").read_text()
+    # the main job ends with the report: runtimes and statuses of this run, read from summary.json
+    report = (out / "report.md").read_text()
+    assert "| 00_broken | FAILED |" in report and "| 01_ok | ok |" in report
+    assert f"report: {out / 'report.md'}" in r.stdout
 
 
 @pytest.mark.slow

@@ -24,9 +24,11 @@ def _chromium() -> str | None:
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     pytest.importorskip("sphinx", reason="the site needs the [book] extra (pip install -e '.[book]')")
+    from hrvit_edu.report import build_report
     from hrvit_edu.site import build_site
     out = tmp_path_factory.mktemp("book") / "site"
-    facts = build_site(CHAPTERS, EXERCISES, out)
+    report, _ = build_report(ROOT, tmp_path_factory.mktemp("build"))       # the stored results, no book run
+    facts = build_site(CHAPTERS, EXERCISES, out, report=report)
     return out, facts
 
 
@@ -84,6 +86,9 @@ def test_pages_render_in_a_real_browser(site, server, tmp_path):
     assert landing.returncode == 0, landing.stderr[-2000:]
     for nb in CHAPTERS:
         assert f"chapters/{nb.stem}.html" in landing.stdout, nb.stem
+    # the book's report on the landing page: the leaderboard and the claim table, rendered as tables
+    assert "Leaderboard: one task, one budget" in landing.stdout and "claim table" in landing.stdout
+    assert landing.stdout.count("<table") >= 3
 
     chapter = _browser(f"{server}/chapters/01_hrvit.html", tmp_path, "--dump-dom")
     dom = chapter.stdout

@@ -45,7 +45,7 @@ def test_stubs_score_zero_without_raising(master):
     assert seconds < 300
 
 
-@pytest.mark.parametrize("chapter, minimum", [("preface", 3), ("hrvit", 4), ("rtformer", 5)])
+@pytest.mark.parametrize("chapter, minimum", [("preface", 3), ("hrvit", 4), ("rtformer", 5), ("capstone", 4)])
 def test_every_question_has_checks_worth_points(chapter, minimum):
     qs = questions(chapter)
     assert len(qs) >= minimum
@@ -392,7 +392,77 @@ def _mf_no_attention(depth, alpha, n, m, c):            # counts only the 12 n C
     return (alpha * (n + 1) + (depth - alpha) * (m + 1)) / (depth * (n + 1))
 
 
+# ------------------------------------------------------------------ chapter 06 wrong answers
+def _flops_hooked(model, shape, *, groups=True, macs=False, input_size=False):
+    import math as _m
+    total = 0
+
+    def hook(m, inp, out):
+        nonlocal total
+        if isinstance(m, torch.nn.Conv2d):
+            b, c_out, h, w = out.shape
+            if input_size:
+                h, w = inp[0].shape[-2:]
+            c_in = m.in_channels // (m.groups if groups else 1)
+            total += (1 if macs else 2) * b * c_out * h * w * c_in * m.kernel_size[0] * m.kernel_size[1]
+        else:
+            total += (1 if macs else 2) * _m.prod(inp[0].shape[:-1]) * m.in_features * m.out_features
+
+    hs = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    with torch.no_grad():
+        model.eval()(torch.zeros(shape))
+    for h in hs:
+        h.remove()
+    return total
+
+
+def _flops_with_counter(model, shape):            # the counter itself: off limits
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as c:
+        model(torch.zeros(shape))
+    return c.get_total_flops()
+
+
+def _pareto_strict(cost, quality):                 # dominance only when better on both axes
+    keep = [i for i, (c, q) in enumerate(zip(cost, quality))
+            if not any(c2 < c and q2 > q for c2, q2 in zip(cost, quality))]
+    return sorted(keep, key=lambda i: (cost[i], -quality[i]))
+
+
+def _pareto_dedup(cost, quality):                  # drops the second of two identical points
+    keep = []
+    for i, (c, q) in enumerate(zip(cost, quality)):
+        if (c, q) in [(cost[j], quality[j]) for j in keep]:
+            continue
+        if not any(c2 <= c and q2 >= q and (c2 < c or q2 > q) for c2, q2 in zip(cost, quality)):
+            keep.append(i)
+    return sorted(keep, key=lambda i: (cost[i], -quality[i]))
+
+
+def _verdict_population_sd(a, b):                  # pstdev: n instead of n - 1
+    import statistics as st
+    d = st.fmean(a) - st.fmean(b)
+    s = math.sqrt((st.pvariance(a) + st.pvariance(b)) / 2)
+    return ("a" if d > 0 else "b") if abs(d) > 2 * s else "tie"
+
+
+def _verdict_one_sd(a, b):                         # |d| > s instead of 2 s
+    import statistics as st
+    d = st.fmean(a) - st.fmean(b)
+    s = math.sqrt((st.variance(a) + st.variance(b)) / 2)
+    return ("a" if d > 0 else "b") if abs(d) > s else "tie"
+
+
 WRONG = [
+    ("capstone.conv_flops", lambda m, s: _flops_hooked(m, s, groups=False), "groups"),
+    ("capstone.conv_flops", lambda m, s: _flops_hooked(m, s, macs=True), "every Conv2d: 2 x"),
+    ("capstone.conv_flops", lambda m, s: _flops_hooked(m, s, input_size=True), "H_out"),
+    ("capstone.conv_flops", _flops_with_counter, "forbids `torch.utils.flop_counter.FlopCounterMode"),
+    ("capstone.pareto", _pareto_strict, "equal cost and lower quality is dominated"),
+    ("capstone.pareto", _pareto_dedup, "two identical points"),
+    ("capstone.verdict", _verdict_population_sd, "sample"),
+    ("capstone.verdict", _verdict_one_sd, "smaller than 2 s"),
+    ("capstone.equal_time", lambda n, a, b: int(n * a / b), "nearest"),
     ("expedite.locality", _loc_round, "integer floor division"),
     ("expedite.em_step", _em_naive_exp, "exp of a large number"),
     ("expedite.em_step", _em_no_clamp, "a centre no token may join"),

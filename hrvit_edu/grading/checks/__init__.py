@@ -1,2 +1,2 @@
 """Every chapter's questions; importing this package registers them all (book order)."""
-from . import expedite, hiremlp, hrvit, preface, rtformer, transnext  # noqa: F401
+from . import capstone, expedite, hiremlp, hrvit, preface, rtformer, transnext  # noqa: F401

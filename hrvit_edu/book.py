@@ -120,6 +120,8 @@ def main(argv=None) -> int:
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     out = Path(args.out)
     (out / "reports").mkdir(parents=True, exist_ok=True)
+    from .capstone import COSTS_FILE
+    (out / "reports" / COSTS_FILE).unlink(missing_ok=True)     # costs are this run's or none (never stale)
     paths = sorted(p for p in Path(args.chapters).glob("*.ipynb") if p.name.startswith(args.only))
     if not paths:
         known = sorted(p.stem for p in Path(args.chapters).glob("*.ipynb"))

@@ -40,7 +40,7 @@ CONTENDERS: dict[str, tuple[str, str]] = {
 }
 # row name -> the operator its chapter wrote a Triton kernel for (``hrvit_edu.kernels``)
 HOT_OPS: dict[str, str] = {
-    "ConvNet (Preface)": "row softmax (Triton 101; the ConvNet itself has none)",
+    "ConvNet (Preface)": "none (convolutions only)",
     "HRViT": "hrvit_edu::des, hrvit_edu::window_attention",
     "TransNeXt": "hrvit_edu::aggregated_attention, hrvit_edu::scaled_window_attention",
     "RTFormer": "hrvit_edu::external_attention_fwd",
@@ -122,7 +122,8 @@ def run_study(path: str | Path, profile, seeds=SEEDS, cache: str | None = None,
     path = Path(path)
     out = json.loads(path.read_text()) if path.exists() else {"runs": []}
     budget = capstone_budget(profile.budget)
-    out.update(budget=dataclasses.asdict(budget), profile=profile.name, env=env_info("cpu"))
+    out.update(budget=dataclasses.asdict(budget), profile=profile.name)
+    out.setdefault("env", env_info("cpu"))
     data = digitscenes_bundle(profile.scenes)
     done = {(r["row"], r["key"]) for r in out["runs"]}
     for name, (model_name, chapter) in CONTENDERS.items():
@@ -138,6 +139,7 @@ def run_study(path: str | Path, profile, seeds=SEEDS, cache: str | None = None,
             if stored is not None:
                 rec, source = stored
             else:
+                out["env"] = env_info("cpu")              # the machine (and threads) that trained the runs
                 hist = fit(model, data, b, progress=False, cache=cache)
                 rec = {"test_miou": hist.test_miou, "boundary_acc": boundary_accuracy(model, data.test),
                        **multiscale_miou(model, profile.scenes), "train_seconds": hist.train_seconds}
@@ -249,8 +251,9 @@ def measure_costs(t_expedite: float, sizes=COST_SIZES, batch: int = 1, min_run_t
             model = expedited_at(base, size, t_expedite) if name == EXPEDITED else base
             x = torch.randn(batch, 1, size, size, device=device)
             with torch.no_grad():
-                with sdpa_kernel(SDPBackend.MATH):
-                    rec["flops"][str(size)] = count_flops(lambda: model(x))
+                if torch.device(device).type == "cpu":    # a Triton op (CUDA) has no FLOP formula: count on CPU
+                    with sdpa_kernel(SDPBackend.MATH):
+                        rec["flops"][str(size)] = count_flops(lambda: model(x))
                 rec["peak_bytes"][str(size)] = peak_memory(lambda: model(x), device)
                 med, p20, p80, n = time_fn(lambda: model(x), device, min_run_time=min_run_time)
             rec["latency_ms"][str(size)] = {"median": med, "p20": p20, "p80": p80, "calls": n}

@@ -11,7 +11,10 @@ the two arms of the chapter's stored sweep whose difference tests it.  :func:`cl
 
 ``helps`` claims (the paper's design beats the arm) read: confirmed (resolved, d > 0),
 contradicted (resolved, d < 0), else not resolved at this scale.  ``no_loss`` claims (the cheaper
-design loses nothing against the arm) are contradicted only when the arm is resolved better.
+design loses nothing, or at most ``tol``, against the arm) are contradicted only when the arm is
+resolved better by more than ``tol`` (chapter 05's claim allows half a point: the paper concedes
+a quarter of one).  Chapter 01's verdict column also flagged seeds that collapsed to the
+all-background solution; this table does not carry that flag (see chapter 01).
 Rows whose ``paper`` is "-" test a choice the book made (an adaptation, or the official code
 against the paper's text): "ours better" / "ours worse" / not resolved.
 
@@ -37,6 +40,7 @@ class Claim:
     ref: str = "reference"            # the paper's (or the book's) design
     metric: str = "test_miou"
     kind: str = "helps"               # "helps" | "no_loss"
+    tol: float = 0.0                  # no_loss: a loss up to tol (mIoU, a fraction) is allowed by the claim
 
 
 CLAIMS: tuple[Claim, ...] = (
@@ -67,7 +71,7 @@ CLAIMS: tuple[Claim, ...] = (
     Claim("04_hiremlp", "PyTorch init vs trunc-normal 0.02 (adaptation)", "-", "official init (trunc-normal 0.02)"),
     Claim("04_hiremlp", "four blocks in stage 3 (adaptation)", "-", "two blocks per stage (first edition)"),
     Claim("05_expedite", "expediting at the paper's placement loses a fraction of a point",
-          "-0.26 points at -32.6% GFLOPs (ADE20K)", "original", ref="expedited", kind="no_loss"),
+          "-0.26 points at -32.6% GFLOPs (ADE20K)", "original", ref="expedited", kind="no_loss", tol=0.005),
     Claim("05_expedite", "clustering beats average pooling", "better (unverified)", "pooling + bilinear",
           ref="expedited"),
     Claim("05_expedite", "top-k reconstruction beats bilinear upsampling", "better (unverified)",
@@ -97,8 +101,8 @@ class Verdict:
 
 def _verdict(c: Claim, d: float, s: float) -> str:
     resolved = abs(d) > 2 * s
-    if c.kind == "no_loss":
-        return "contradicted" if resolved and d < 0 else "not contradicted"
+    if c.kind == "no_loss":                # contradicted: a resolved loss larger than the claim allows
+        return "contradicted" if resolved and d < -c.tol else "not contradicted"
     if c.paper == "-":
         return ("ours better" if d > 0 else "ours worse") if resolved else "not resolved at this scale"
     return ("confirmed" if d > 0 else "contradicted") if resolved else "not resolved at this scale"
@@ -141,14 +145,17 @@ def claim_table(results_dir: str | Path, profile: str = "book", claims=CLAIMS) -
 
 
 # ----------------------------------------------------------------------------------- counted claims
-# (chapter, registered model prefix, create_model kwargs, published table, what is counted)
+# (chapter, registered model prefix, create_model kwargs, reference table, what is counted, where the
+# reference numbers come from -- see each model module's comment above its table)
 COUNTED = (
-    ("01_hrvit", "hrvit", dict(num_classes=0, in_chans=3), "hrvit:OFFICIAL_BACKBONE_PARAMS", "backbone"),
+    ("01_hrvit", "hrvit", dict(num_classes=0, in_chans=3), "hrvit:OFFICIAL_BACKBONE_PARAMS", "backbone",
+     "official code, counted"),
     ("02_transnext", "transnext", dict(num_classes=1000, in_chans=3, task="classify"),
-     "transnext:PUBLISHED_PARAMS", "ImageNet classifier"),
-    ("03_rtformer", "rtformer", dict(num_classes=19, in_chans=3), "rtformer:PUBLISHED_PARAMS", "Cityscapes segmenter"),
+     "transnext:PUBLISHED_PARAMS", "ImageNet classifier", "official README"),
+    ("03_rtformer", "rtformer", dict(num_classes=19, in_chans=3), "rtformer:PUBLISHED_PARAMS", "Cityscapes segmenter",
+     "spec's count (paper: ~4.8/16.8 M, unverified)"),
     ("04_hiremlp", "hire_mlp", dict(num_classes=1000, in_chans=3, task="classify"), "hire_mlp:PUBLISHED_PARAMS",
-     "ImageNet classifier"),
+     "ImageNet classifier", "paper / README"),
 )
 
 
@@ -162,11 +169,12 @@ def count_claims() -> list[dict]:
     from .bench import count_params
 
     rows = []
-    for chapter, prefix, kwargs, table, what in COUNTED:
+    for chapter, prefix, kwargs, table, what, reference in COUNTED:
         module, attr = table.split(":")
         published = getattr(importlib.import_module(f"hrvit_edu.models.{module}"), attr)
         for variant, paper in published.items():
             ours = count_params(hrvit_edu.create_model(f"{prefix}_{variant}", **kwargs))
-            rows.append({"chapter": chapter, "model": f"{prefix}_{variant}", "what": what, "published": paper,
+            rows.append({"chapter": chapter, "model": f"{prefix}_{variant}", "what": what, "reference": reference,
+                         "published": paper,
                          "ours": ours, "rel_error": ours / paper - 1})
     return rows

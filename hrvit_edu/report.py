@@ -156,6 +156,9 @@ def build_report(root: str | Path, build: str | Path, profile: str = "book") -> 
                             for s in sizes]]
             rows.append(cells)
         lines += _table(header, rows)
+        lines += [f"Training times (train s) as the study recorded them, on "
+                  f"{L.num(study, 's', 'env/device', records='')} "
+                  f"({L.num(study, 'd', 'env/threads', records='')} threads).", ""]
         if costs:
             lines += [f"Latency: eager, batch {L.num(costs_path, 'd', 'batch', records='')}, median, on "
                       f"{L.num(costs_path, 's', 'env/device', records='')} "
@@ -202,11 +205,13 @@ def build_report(root: str | Path, build: str | Path, profile: str = "book") -> 
         for r in _load(study)["counted"]:
             w = {"model": r["model"]}
             rows.append([L.label(r["chapter"], "chapter"), L.label(r["model"], "model name"), r["what"],
+                         L.label(r["reference"], "where the reference count comes from"),
                          L.num(study, ".3f", "published", records="counted", where=w, scale=1e-6),
                          L.num(study, ".3f", "ours", records="counted", where=w, scale=1e-6),
                          L.num(study, "+.2%", "rel_error", records="counted", where=w)])
         lines += ["## Counted claims: the published parameter counts", "",
-                  *_table(["chapter", "variant", "counted as", "published (M)", "ours (M)", "error"], rows)]
+                  *_table(["chapter", "variant", "counted as", "reference", "reference (M)", "ours (M)", "error"],
+                          rows)]
 
     # ------------------------------------------------------------------ runtimes
     if summary:

@@ -66,6 +66,33 @@ def test_every_number_in_the_report_traces_to_a_stored_file(book):
     assert not re.findall(r"\d", rest), [line for line in rest.splitlines() if re.search(r"\d", line)]
 
 
+def test_labels_are_names_not_measurements(book):
+    """A label (text with digits that is not read from a result) must be one of the names the book
+    defines: a claim of the registry, a chapter, a model, a test scale, a file, a version..."""
+    from hrvit_edu.claims import CLAIMS, COUNTED
+    from hrvit_edu.train.evaluate import TEST_SCALES
+    _, entries = book
+    allowed = {
+        "claim": {c.text for c in CLAIMS}, "the paper's statement": {c.paper for c in CLAIMS},
+        "metric name": {c.metric for c in CLAIMS}, "chapter": None, "model name": None, "seeds": None,
+        "test scale": {format(f, "g") for f in TEST_SCALES}, "input size": {str(s) for s in CP.COST_SIZES},
+        "the verdict rule": {"2 s"}, "unit": {"0.01"}, "version": None, "file name": None,
+        "where the reference count comes from": {row[5] for row in COUNTED},
+    }
+    for e in (e for e in entries if "label" in e):
+        assert e["label"] in allowed, e
+        if allowed[e["label"]] is not None:
+            assert e["text"] in allowed[e["label"]], e
+        elif e["label"] == "chapter":
+            assert re.fullmatch(r"\d\d_[a-z_]+", e["text"]), e
+        elif e["label"] == "model name":
+            assert re.fullmatch(r"[a-z_]+_[a-z0-9]+", e["text"]), e
+        elif e["label"] == "seeds":
+            assert re.fullmatch(r"\d+(, \d+)*", e["text"]), e
+        elif e["label"] == "file name":
+            assert e["text"].endswith(".json") and (ROOT / e["text"]).exists() or "build" in e["text"], e
+
+
 def test_report_numbers_follow_their_source_files(tmp_path):
     """Change a stored result: the report's number changes with it (nothing is typed in)."""
     root = tmp_path / "root"

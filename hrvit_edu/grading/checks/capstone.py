@@ -15,9 +15,10 @@ from ..core import Check, CheckFailed, Question, hidden_rng, register
 
 _OWN = "hrvit_edu.grading.checks.capstone"
 # Counting FLOPs with the counter itself, or calling the package's answers, is off limits.
-_COUNTERS = ("torch.utils.flop_counter", "torch.utils.flop_counter.FlopCounterMode", "hrvit_edu.bench.core.count_flops",
-             _OWN)
-_CAPSTONE = ("hrvit_edu.capstone", "hrvit_edu.claims", "hrvit_edu.train.ablation.compare", _OWN)
+# (torch's profiler counts FLOPs too: it is off limits with the counter)
+_COUNTERS = ("torch.utils.flop_counter", "torch.utils.flop_counter.FlopCounterMode", "torch.profiler.profile",
+             "torch.autograd.profiler.profile", "hrvit_edu.bench.core.count_flops", _OWN)
+_CAPSTONE = ("hrvit_edu.capstone", "hrvit_edu.claims", "hrvit_edu.report", "hrvit_edu.train.ablation.compare", _OWN)
 
 
 def _gen(seed):
@@ -144,7 +145,7 @@ def _pareto_hidden(fn):
         _pareto_check(fn, [rng.randint(1, 8) for _ in range(n)], [rng.randint(0, 6) / 6 for _ in range(n)], "")
 
 
-register(Question("capstone.pareto", "the Pareto front of cost vs quality, (6.2)", "pareto_front", (
+register(Question("capstone.pareto", "the Pareto front of cost vs quality, (6.3)", "pareto_front", (
     Check("five models", 1, lambda fn: _pareto_check(
         fn, [3.0, 1.0, 4.0, 2.0, 5.0], [0.70, 0.60, 0.65, 0.80, 0.85],
         "keep a point unless another is no worse on both axes and better on one; sort by cost.")),
@@ -179,7 +180,7 @@ def _verdict_hidden(fn):
         _verdict_check(fn, [rng.gauss(mu + gap, sa) for _ in range(n)], [rng.gauss(mu, sb) for _ in range(n)], "")
 
 
-register(Question("capstone.verdict", "the book's verdict rule: resolved when |d| > 2 s", "verdict", (
+register(Question("capstone.verdict", "the book's verdict rule (6.2): resolved when |d| > 2 s", "verdict", (
     Check("a clear winner", 1, lambda fn: _verdict_check(
         fn, [0.80, 0.81, 0.79], [0.70, 0.72, 0.71],
         "d = mean(a) - mean(b); s = sqrt((s_a^2 + s_b^2) / 2) with *sample* sds (n - 1);")),
@@ -223,8 +224,8 @@ def _et_hidden(fn):
 register(Question("capstone.equal_time", "what happens if the budget is wall-clock, not steps",
                   "equal_time_steps", (
     Check("HRViT in the ConvNet's time (the stored study)", 1, lambda fn: _et_check(
-        fn, "HRViT", "the model runs steps x seconds_ref / seconds_model steps, rounded to the nearest int, "
-        "at least 1;")),
+        fn, "HRViT", "a model whose steps are slower runs proportionally fewer of them in the reference's time "
+        "(rounded to the nearest int, at least 1);")),
     Check("the ViT in the ConvNet's time", 1, lambda fn: _et_check(
         fn, "ViT", "round to the nearest step (round(), not int(), which truncates);")),
     Check("hidden budgets", 1, _et_hidden),

@@ -164,12 +164,9 @@ def run_study(path: str | Path, profile, seeds=SEEDS, cache: str | None = None,
 def check_keys(results: dict, keys: dict[tuple[str, int], str]) -> None:
     """Raise unless ``results`` holds a run of every expected (row, seed) under the key the current
     code gives it (a stale file from older code or another budget is refused)."""
-    stored = {(r["row"], r["seed"]): r["key"] for r in results["runs"]}
-    missing = sorted(k for k in keys if k not in stored)
-    stale = sorted(k for k in keys if k in stored and stored[k] != keys[k])
-    if missing or stale:
-        raise ValueError(f"stored capstone results do not match the current code: missing {missing}, stale {stale}; "
-                         f"re-run `python tools/run_capstone.py`")
+    from .train.ablation import check_results
+
+    check_results(results, keys, field="row", what="capstone results", fix="re-run `python tools/run_capstone.py`")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -146,6 +146,16 @@ def test_save_costs_writes_only_inside_a_book_run(tmp_path, monkeypatch):
     assert data["rows"] == [{"row": "x"}] and data["env"]["device"] and data["batch"] == 1
 
 
+def test_hot_operators_are_registered_custom_ops():
+    import importlib
+    for mod in ("aggregated_attention", "des", "external_attention", "hire", "token_clustering", "window_attention"):
+        importlib.import_module(f"hrvit_edu.kernels.{mod}")            # importing a kernel module registers its op
+    names = {n.strip() for ops in CP.HOT_OPS.values() for n in ops.split(",") if n.strip().startswith("hrvit_edu::")}
+    assert names and set(CP.HOT_OPS) == {*CP.CONTENDERS, CP.EXPEDITED}
+    for name in names:
+        assert hasattr(getattr(torch.ops, "hrvit_edu"), name.split("::")[1]), name
+
+
 def test_resolution_trace_reads_the_architecture():
     hr = CP.resolution_trace(CP.contender("HRViT", 0))
     vit = CP.resolution_trace(CP.contender("ViT", 0))

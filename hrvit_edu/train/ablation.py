@@ -125,15 +125,17 @@ def expected_keys(make_model: Callable[..., nn.Module], arms: list[Arm], seeds: 
     return keys
 
 
-def check_results(results: dict, keys: dict[tuple[str, int], str]) -> None:
-    """Raise unless ``results`` holds exactly one run per expected (arm, seed), with the key the
-    current code gives it (a stale file from older code or another budget is refused)."""
-    stored = {(r["arm"], r["seed"]): r["key"] for r in results["runs"]}
+def check_results(results: dict, keys: dict[tuple[str, int], str], *, field: str = "arm",
+                  what: str = "ablation results",
+                  fix: str = "re-run the sweep (see the chapter's instructions)") -> None:
+    """Raise unless ``results`` holds exactly one run per expected (``field``, seed), with the key
+    the current code gives it (a stale file from older code or another budget is refused)."""
+    stored = {(r[field], r["seed"]): r["key"] for r in results["runs"]}
     missing = sorted(set(keys) - set(stored))
     stale = sorted(k for k in keys if k in stored and stored[k] != keys[k])
     if missing or stale:
-        raise ValueError(f"stored ablation results do not match the current code: missing {missing}, "
-                         f"stale {stale}; re-run the sweep (see the chapter's instructions)")
+        raise ValueError(f"stored {what} do not match the current code: missing {missing}, "
+                         f"stale {stale}; {fix}")
 
 
 def summarize(results: dict, metric: str = "test_miou") -> dict[str, tuple[float, float, int]]:
